@@ -1,0 +1,310 @@
+"""The Trainer: composes callbacks into one compiled step and runs the training loop.
+
+Per compiled call the trainer takes K batches (one host-to-device transfer), runs K steps through
+``jax.lax.scan`` and brings the step metrics back to the host once. Per step, as in the reference:
+``begin_cycle``, ``begin_batch``, ``backward``, ``end_batch``, ``end_cycle``, each over all device
+callbacks sorted by ``order`` (stable, so list order breaks ties).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emote_jax.callback import (
+    DEVICE_HOOKS,
+    Callback,
+    CallbackError,
+    HostCallback,
+    TrainingShutdownException,
+    _Base,
+    overrides,
+)
+from emote_jax.context import Context, PyTree
+
+TRAINER_SLOT = "trainer"
+
+
+class StateMismatchError(TypeError):
+    """A device hook returned a state whose structure, shapes or dtypes differ from what it was given."""
+
+
+def _describe(leaf: Any) -> str:
+    return f"{leaf.dtype}{list(leaf.shape)}"
+
+
+def _check_same_state(before: PyTree, after: PyTree, cb_name: str, hook: str) -> PyTree:
+    """Check that ``after`` has the structure, shapes and dtypes of ``before``; drop weak types."""
+    if jax.tree.structure(before) != jax.tree.structure(after):
+        raise StateMismatchError(
+            f"callback {cb_name!r} {hook} returned a state of another structure.\n"
+            f"  expected: {jax.tree.structure(before)}\n  got:      {jax.tree.structure(after)}"
+        )
+    paths_before = jax.tree_util.tree_flatten_with_path(before)[0]
+    out = []
+    for (path, b), a in zip(paths_before, jax.tree.leaves(after)):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise StateMismatchError(
+                f"callback {cb_name!r} {hook} put a {type(a).__name__} at state{jax.tree_util.keystr(path)}, "
+                f"expected an array {_describe(b)}"
+            )
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise StateMismatchError(
+                f"callback {cb_name!r} {hook} changed state{jax.tree_util.keystr(path)}: "
+                f"expected {_describe(b)}, got {_describe(a)}"
+            )
+        out.append(jax.lax.convert_element_type(a, b.dtype) if getattr(a, "weak_type", False) else a)
+    return jax.tree.unflatten(jax.tree.structure(before), out)
+
+
+def _sorted_callbacks(callbacks: Sequence[_Base]) -> list[_Base]:
+    for cb in callbacks:
+        if not isinstance(cb, (Callback, HostCallback)):
+            raise TypeError(f"expected Callback or HostCallback instances, got {type(cb).__name__}: {cb!r}")
+    names = [cb.name for cb in callbacks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"callback names must be unique (they name state slots); duplicated: {dupes}")
+    if TRAINER_SLOT in names:
+        raise ValueError(f"the name {TRAINER_SLOT!r} is reserved for the trainer's own slot")
+    return sorted(callbacks, key=lambda cb: cb.order)
+
+
+def _cycle_due(bp_step: int, cycle: int | None, begin: bool) -> bool:
+    if not cycle:
+        return False
+    return (bp_step - 1) % cycle == 0 if begin else bp_step % cycle == 0
+
+
+class Trainer:
+    """Runs callbacks through the training loop, compiling their device hooks into one step.
+
+    Args:
+        callbacks: device and host callbacks. Names must be unique.
+        dataloader: an iterable of batches (pytrees of arrays). If it has an attribute
+            ``steps_per_call`` it yields K batches already stacked on a leading axis; otherwise the
+            trainer stacks K consecutive batches itself.
+        batch_size_key: the key of a batch dict that holds the batch size (an int, popped before the
+            batch goes to the device). Without it, the leading dimension of the first leaf is used.
+        steps_per_call: K, the number of steps per compiled call (``jax.lax.scan``). Defaults to the
+            loader's ``steps_per_call`` or 1.
+        seed: seed of the trainer's PRNG key (split once per step).
+        donate: donate the state buffers to the compiled call (saves memory on accelerators).
+
+    After ``train`` the final state is in ``trainer.ctx`` (``ctx.state[name]`` per callback).
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[Callback | HostCallback],
+        dataloader: Iterable[Any],
+        batch_size_key: str = "batch_size",
+        *,
+        steps_per_call: int | None = None,
+        seed: int = 0,
+        donate: bool = True,
+    ):
+        self.callbacks = _sorted_callbacks(list(callbacks))
+        self.device_callbacks = [cb for cb in self.callbacks if isinstance(cb, Callback)]
+        self.host_callbacks = [cb for cb in self.callbacks if isinstance(cb, HostCallback)]
+        self.dataloader = dataloader
+        self.batch_size_key = batch_size_key
+        loader_k = getattr(dataloader, "steps_per_call", None)
+        if steps_per_call is not None and loader_k is not None and steps_per_call != loader_k:
+            raise ValueError(
+                f"steps_per_call={steps_per_call} but the dataloader yields batches of {loader_k} steps"
+            )
+        self.steps_per_call = int(steps_per_call or loader_k or 1)
+        if self.steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
+        self._loader_stacks = loader_k is not None
+        self.num_compilations = 0
+        self.last_metrics: dict[str, np.ndarray] = {}
+        key = jax.random.key(seed)
+        key, init_key = jax.random.split(key)
+        state: dict[str, PyTree] = {TRAINER_SLOT: {"bp_step": jnp.asarray(1, jnp.int32)}}
+        for i, cb in enumerate(self.callbacks):
+            slot = self._call(cb, "init_state", jax.random.fold_in(init_key, i))
+            if slot is not None:
+                state[cb.name] = slot
+        self.bp_samples = 0
+        self.ctx = Context(state=state, batch=None, key=key, metrics={}, bp_step=1)
+        donate_argnums = (0, 1) if donate else ()
+        self._compiled = jax.jit(self._run_steps, donate_argnums=donate_argnums)
+
+    # ---- counters ----------------------------------------------------------------------------------
+    @property
+    def bp_step(self) -> int:
+        """The next backprop step to run (starts at 1; continues from a restored checkpoint)."""
+        return int(self.ctx.state[TRAINER_SLOT]["bp_step"])
+
+    # ---- the compiled step -------------------------------------------------------------------------
+    def _device_hook(self, cb: Callback, hook: str, ctx: Context) -> Context:
+        try:
+            out = getattr(cb, hook)(ctx)
+        except (StateMismatchError, CallbackError):
+            raise
+        except Exception as e:
+            raise CallbackError(cb.name, hook, None, e) from e
+        if not isinstance(out, Context):
+            raise StateMismatchError(
+                f"callback {cb.name!r} {hook} must return a Context, got {type(out).__name__}"
+            )
+        state = _check_same_state(ctx.state, out.state, cb.name, hook)
+        return out.replace(state=state, key=_check_same_state(ctx.key, out.key, cb.name, hook))
+
+    def _cycle_hook(self, cb: Callback, hook: str, ctx: Context) -> Context:
+        """Run a cycle hook under ``lax.cond``; metrics it logs are NaN on steps it does not run."""
+        if cb.cycle == 1:
+            return self._device_hook(cb, hook, ctx)
+        due = (ctx.bp_step - 1) % cb.cycle == 0 if hook == "begin_cycle" else ctx.bp_step % cb.cycle == 0
+        out_shape = jax.eval_shape(lambda c: self._device_hook(cb, hook, c), ctx)
+        new_names = [k for k in out_shape.metrics if k not in ctx.metrics]
+
+        def run(c: Context) -> Context:
+            out = self._device_hook(cb, hook, c)
+            return out.replace(metrics={**out.metrics, **{k: out.metrics[k].astype(jnp.float32) for k in new_names}})
+
+        def skip(c: Context) -> Context:
+            nan = {k: jnp.full(out_shape.metrics[k].shape, jnp.nan, jnp.float32) for k in new_names}
+            return c.replace(metrics={**c.metrics, **nan})
+
+        return jax.lax.cond(due, run, skip, ctx)
+
+    def _one_step(self, carry: tuple[PyTree, jax.Array], batch: PyTree) -> tuple[tuple[PyTree, jax.Array], dict]:
+        state, key = carry
+        key, step_key = jax.random.split(key)
+        bp_step = state[TRAINER_SLOT]["bp_step"]
+        ctx = Context(state=state, batch=batch, key=step_key, metrics={}, bp_step=bp_step)
+        for hook in DEVICE_HOOKS:
+            for cb in self.device_callbacks:
+                if not overrides(cb, hook):
+                    continue
+                if hook in ("begin_cycle", "end_cycle"):
+                    if cb.cycle:
+                        ctx = self._cycle_hook(cb, hook, ctx)
+                else:
+                    ctx = self._device_hook(cb, hook, ctx)
+        state = dict(ctx.state)
+        state[TRAINER_SLOT] = {**state[TRAINER_SLOT], "bp_step": bp_step + 1}
+        return (state, key), ctx.metrics
+
+    def _run_steps(self, state: PyTree, key: jax.Array, batches: PyTree) -> tuple[PyTree, jax.Array, dict]:
+        self.num_compilations += 1  # runs only while tracing, i.e. once per compilation
+        (state, key), metrics = jax.lax.scan(self._one_step, (state, key), batches)
+        return state, key, metrics
+
+    # ---- host side ---------------------------------------------------------------------------------
+    def _call(self, cb: _Base, hook: str, *args: Any) -> Any:
+        try:
+            return getattr(cb, hook)(*args)
+        except TrainingShutdownException:
+            raise
+        except Exception as e:
+            step = args[0].bp_step if args and isinstance(args[0], Context) else None
+            raise CallbackError(cb.name, hook, step, e) from e
+
+    def _host_hook(self, cb: _Base, hook: str, bp_step: int | None = None) -> None:
+        ctx = self._host_ctx(bp_step)
+        out = self._call(cb, hook, ctx)
+        if out is None:
+            return
+        if not isinstance(out, Context):
+            raise StateMismatchError(f"callback {cb.name!r} {hook} must return a Context or None, got {type(out).__name__}")
+        state = _check_same_state(self.ctx.state, out.state, cb.name, hook) if hook != "restore_state" else out.state
+        self.ctx = self.ctx.replace(state=state, key=out.key)
+        if hook == "restore_state" and isinstance(out.bp_samples, int):
+            self.bp_samples = out.bp_samples
+
+    def _host_ctx(self, bp_step: int | None = None) -> Context:
+        return self.ctx.replace(
+            metrics=self.last_metrics,
+            bp_step=self.bp_step if bp_step is None else bp_step,
+            bp_samples=self.bp_samples,
+        )
+
+    def _next_batches(self, it: Any) -> tuple[PyTree, int]:
+        """K batches stacked on a leading axis (host arrays) and the per-step batch size."""
+        if self._loader_stacks:
+            batch = next(it)
+            batch, size = self._pop_size(batch, stacked=True)
+            return batch, size
+        items = [self._pop_size(next(it), stacked=False) for _ in range(self.steps_per_call)]
+        batches = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[b for b, _ in items])
+        return batches, sum(s for _, s in items) // len(items)
+
+    def _pop_size(self, batch: Any, stacked: bool) -> tuple[Any, int]:
+        if isinstance(batch, dict) and self.batch_size_key in batch:
+            batch = dict(batch)
+            size = batch.pop(self.batch_size_key)
+            return batch, int(np.asarray(size).reshape(-1)[0])
+        leaves = jax.tree.leaves(batch)
+        if not leaves:
+            return batch, 0
+        shape = np.shape(leaves[0])
+        return batch, int(shape[1] if stacked else shape[0]) if len(shape) > int(stacked) else 1
+
+    def train(self, shutdown_signal: Callable[[], bool] | None = None) -> Context:
+        """Run the loop until the dataloader ends, a shutdown is signalled, or an error.
+
+        ``shutdown_signal`` is polled before every compiled call; when it returns True, or when a
+        callback or the dataloader raises :class:`TrainingShutdownException`, every ``end_training``
+        runs and ``train`` returns. Any other error runs every ``end_training`` and then propagates
+        (as a :class:`CallbackError` naming the callback when it came from a hook).
+        Returns the final host context.
+        """
+        shutdown_signal = shutdown_signal or (lambda: False)
+        try:
+            for cb in self.callbacks:
+                self._host_hook(cb, "restore_state")
+            for cb in self.callbacks:
+                self._host_hook(cb, "begin_training")
+            it = iter(self.dataloader)
+            k = self.steps_per_call
+            while True:
+                try:
+                    batches, size = self._next_batches(it)
+                except StopIteration:
+                    break
+                if shutdown_signal():
+                    break
+                first = self.bp_step
+                steps = range(first, first + k)
+                for step in steps:
+                    for cb in self.host_callbacks:
+                        if _cycle_due(step, cb.cycle, begin=True):
+                            self._host_hook(cb, "begin_cycle", step)
+                batches = jax.device_put(batches)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+                    state, key, metrics = self._compiled(self.ctx.state, self.ctx.key, batches)
+                self.ctx = self.ctx.replace(state=state, key=key)
+                self.bp_samples += size * k
+                self.last_metrics = jax.device_get(metrics)
+                for step in steps:
+                    for cb in self.host_callbacks:
+                        if _cycle_due(step, cb.cycle, begin=False):
+                            self._host_hook(cb, "end_cycle", step)
+        except TrainingShutdownException:
+            pass
+        except BaseException:
+            self._end_training(raising=True)
+            raise
+        self._end_training(raising=False)
+        return self._host_ctx()
+
+    def _end_training(self, raising: bool) -> None:
+        """Run every end_training hook; when already raising, errors here must not mask the first."""
+        for cb in self.callbacks:
+            try:
+                self._host_hook(cb, "end_training")
+            except TrainingShutdownException:
+                pass
+            except Exception:
+                if not raising:
+                    raise
