@@ -1,0 +1,299 @@
+"""Soft Actor-Critic as the reference defines it: QLoss (x2), QTarget, PolicyLoss, AlphaLoss.
+
+Batch layout (``ctx.batch[data_group]``), for ``B`` rollouts of length ``T``, rows rollout-major::
+
+    observation:      {obs_key: (B*T, obs_dim)}
+    next_observation: {obs_key: (B, obs_dim)}      the observation after each rollout's last step
+    actions:          (B*T, A)                     in [-1, 1], as the policy emitted them
+    rewards:          (B*T, 1)
+    masks:            (B, 1)                       0 iff the rollout ends in a true termination
+
+Within one step every ``begin_batch`` runs first (QTarget writes ``q_target`` (B*T, 1) into the batch),
+then the backward passes in list order (Q1, Q2, policy, alpha): the policy is updated against the
+already updated Q1/Q2, and alpha sees the updated policy. QTarget's ``end_batch`` Polyak-updates the
+target networks after every batch.
+
+The bootstrap is masked by true termination only: time-limit truncation keeps it (the reference
+treats truncation as termination; that is a bug we do not reproduce).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emote_jax.callback import Callback
+from emote_jax.context import Context, PyTree
+from emote_jax.loss import LossCallback
+from emote_jax.networks.sac import GaussianPolicy, QNet, sample_action
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+def gamma_matrix(gamma: float, rollout_length: int) -> np.ndarray:
+    """(T+1, T) matrix G with ``G[j, i] = gamma**(j - i)`` for ``j >= i``, else 0.
+
+    For ``R = concat(rewards (B, T), bootstrap (B, 1))``, ``R @ G`` is the n-step discounted return at
+    every position of the rollout: ``sum_{j>=i} gamma^(j-i) r_j + gamma^(T-i) * bootstrap``.
+    """
+    t = rollout_length
+    j = np.arange(t + 1)[:, None]
+    i = np.arange(t)[None, :]
+    return np.where(j >= i, float(gamma) ** np.maximum(j - i, 0), 0.0).astype(np.float32)
+
+
+def _obs(batch: PyTree, key: str, obs_key: str) -> jax.Array:
+    return batch[key][obs_key]
+
+
+def _ln_alpha(ctx: Context, alpha_name: str) -> jax.Array:
+    return ctx.slot(alpha_name)["params"]["ln_alpha"]
+
+
+class QLoss(LossCallback):
+    """Mean squared error of ``Q(obs, a)`` against ``q_target`` written by :class:`QTarget`."""
+
+    def __init__(self, *, name: str, q: Any, params: PyTree, lr: float = 3e-4, obs_key: str = "obs", **kw: Any):
+        super().__init__(name=name, network=q, params=params, lr=lr, **kw)
+        self.obs_key = obs_key
+
+    def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        batch = ctx.batch[self.data_group]
+        q = self.network.apply(params, _obs(batch, "observation", self.obs_key), batch["actions"])
+        target = jax.lax.stop_gradient(batch["q_target"])
+        return jnp.mean((q - target) ** 2), {"q_mean": q.mean()}
+
+
+class QTarget(Callback):
+    """Computes the twin-min soft target in ``begin_batch`` and Polyak-updates the target nets in ``end_batch``.
+
+    ``V = min(Q1_t, Q2_t)(next_obs, a') - alpha * logp'`` with ``(a', logp')`` sampled from the policy at
+    the next observation; target = n-step discounted ``reward_scale * rewards`` + ``gamma^k * mask * V``.
+    The slot holds ``{"target_params": (q1_target, q2_target), "hparams": {"gamma", "tau", "reward_scale"}}``;
+    changing an hparam does not recompile (the rollout length is static, read from the batch shapes).
+    """
+
+    state_categories = {"target_params": "network", "hparams": "hparams"}
+
+    def __init__(
+        self,
+        *,
+        q: Any,
+        policy: Any,
+        q1: str = "q1",
+        q2: str = "q2",
+        policy_loss: str = "policy",
+        alpha: str = "alpha",
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        reward_scale: float = 1.0,
+        obs_key: str = "obs",
+        data_group: str = "default",
+        name: str = "q_target",
+        order: int = 1,
+    ):
+        super().__init__(name=name, order=order)
+        self.q, self.policy = q, policy
+        self.q1, self.q2, self.policy_name, self.alpha_name = q1, q2, policy_loss, alpha
+        self.hparams = {"gamma": float(gamma), "tau": float(tau), "reward_scale": float(reward_scale)}
+        self.obs_key, self.data_group = obs_key, data_group
+        self._init_targets: tuple[PyTree, PyTree] | None = None
+
+    def init_targets(self, q1_params: PyTree, q2_params: PyTree) -> None:
+        """Start the targets as copies of the online Q parameters (called by :func:`make_sac_callbacks`)."""
+        self._init_targets = (q1_params, q2_params)
+
+    def init_state(self, key: jax.Array) -> PyTree:
+        if self._init_targets is None:
+            raise ValueError(f"{self.name}: call init_targets(q1_params, q2_params) before training")
+        targets = jax.tree.map(jnp.array, self._init_targets)  # copies, never aliases of the online params
+        return {
+            "target_params": targets,
+            "hparams": {k: jnp.asarray(v, jnp.float32) for k, v in self.hparams.items()},
+        }
+
+    def begin_batch(self, ctx: Context) -> Context:
+        slot = ctx.slot(self.name)
+        hp = slot["hparams"]
+        batch = ctx.batch[self.data_group]
+        next_obs = _obs(batch, "next_observation", self.obs_key)
+        n_rollouts = next_obs.shape[0]
+        rewards = batch["rewards"].reshape(n_rollouts, -1)  # (B, T)
+        t = rewards.shape[1]
+        ctx, key = ctx.split_key()
+        mean, std = self.policy.apply(ctx.slot(self.policy_name)["params"], next_obs)
+        next_action, next_logp = sample_action(mean, std, key)
+        q1_t, q2_t = slot["target_params"]
+        q_next = jnp.minimum(self.q.apply(q1_t, next_obs, next_action), self.q.apply(q2_t, next_obs, next_action))
+        alpha = jnp.exp(_ln_alpha(ctx, self.alpha_name))
+        v_next = (q_next - alpha * next_logp) * batch["masks"]  # (B, 1): true terminations only
+        g = hp["gamma"] ** jnp.arange(t + 1, dtype=jnp.float32)
+        # G[j, i] = gamma^(j-i) for j >= i: the traced-gamma form of gamma_matrix()
+        j, i = jnp.arange(t + 1)[:, None], jnp.arange(t)[None, :]
+        gm = jnp.where(j >= i, g[jnp.clip(j - i, 0, t)], 0.0)
+        returns = jnp.concatenate([rewards * hp["reward_scale"], v_next], axis=1) @ gm  # (B, T)
+        q_target = jax.lax.stop_gradient(returns.reshape(-1, 1))
+        new_batch = {**ctx.batch, self.data_group: {**batch, "q_target": q_target}}
+        return ctx.replace(batch=new_batch).log(**{f"{self.name}/q_target_mean": q_target.mean(),
+                                                   f"{self.name}/reward_mean": batch["rewards"].mean()})
+
+    def end_batch(self, ctx: Context) -> Context:
+        slot = ctx.slot(self.name)
+        online = (ctx.slot(self.q1)["params"], ctx.slot(self.q2)["params"])
+        targets = optax.incremental_update(online, slot["target_params"], slot["hparams"]["tau"])
+        return ctx.with_slot(self.name, {**slot, "target_params": targets})
+
+
+class PolicyLoss(LossCallback):
+    """``mean(alpha * logp - min(Q1, Q2)(obs, a~pi))``; alpha is not differentiated."""
+
+    def __init__(
+        self,
+        *,
+        policy: Any,
+        q: Any,
+        params: PyTree,
+        q1: str = "q1",
+        q2: str | None = "q2",
+        alpha: str = "alpha",
+        lr: float = 3e-4,
+        obs_key: str = "obs",
+        name: str = "policy",
+        **kw: Any,
+    ):
+        super().__init__(name=name, network=policy, params=params, lr=lr, **kw)
+        self.q, self.q1, self.q2, self.alpha_name, self.obs_key = q, q1, q2, alpha, obs_key
+
+    def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        obs = _obs(ctx.batch[self.data_group], "observation", self.obs_key)
+        mean, std = self.network.apply(params, obs)
+        action, logp = sample_action(mean, std, ctx.key)
+        q = self.q.apply(ctx.slot(self.q1)["params"], obs, action)
+        if self.q2 is not None:
+            q = jnp.minimum(q, self.q.apply(ctx.slot(self.q2)["params"], obs, action))
+        alpha = jax.lax.stop_gradient(jnp.exp(_ln_alpha(ctx, self.alpha_name)))
+        return jnp.mean(alpha * logp - q), {"logp_mean": logp.mean(), "q_pi_mean": q.mean(), "std_mean": std.mean()}
+
+
+class AlphaLoss(LossCallback):
+    """``mean(ln_alpha * (-logp - target_entropy))``, logp from a fresh sample of the updated policy.
+
+    After each step ``ln_alpha`` is clamped so that ``alpha <= max_alpha``. The slot's params are
+    ``{"ln_alpha": ()}``; ``target_entropy`` (default ``-n_actions``) is a hyperparameter in the slot,
+    or a schedule ``count -> value`` over this loss's optimizer steps.
+    """
+
+    state_categories = {"params": "network", "opt_state": "optimizer", "extra": "hparams"}
+
+    def __init__(
+        self,
+        *,
+        policy: Any,
+        n_actions: int,
+        policy_loss: str = "policy",
+        initial_alpha: float = 1.0,
+        max_alpha: float = 0.2,
+        target_entropy: float | Schedule | None = None,
+        lr: float = 3e-4,
+        obs_key: str = "obs",
+        name: str = "alpha",
+        **kw: Any,
+    ):
+        ln_alpha = jnp.asarray(min(np.log(initial_alpha), np.log(max_alpha)), jnp.float32)
+        super().__init__(name=name, params={"ln_alpha": ln_alpha}, lr=lr, **kw)
+        self.policy, self.policy_name, self.obs_key = policy, policy_loss, obs_key
+        self.target_entropy = -float(n_actions) if target_entropy is None else target_entropy
+        self.max_alpha = float(max_alpha)
+
+    def init_state(self, key: jax.Array) -> PyTree:
+        slot = super().init_state(key)
+        fixed = 0.0 if callable(self.target_entropy) else float(self.target_entropy)
+        slot["extra"] = {"target_entropy": jnp.asarray(fixed, jnp.float32),
+                         "max_ln_alpha": jnp.asarray(np.log(self.max_alpha), jnp.float32)}
+        return slot
+
+    def state_dict(self, slot: PyTree) -> dict[str, Any]:
+        sd = super().state_dict(slot)
+        sd["hparams"] = {**sd["hparams"], **slot["extra"]}
+        return sd
+
+    def load_state_dict(self, slot, state_dict, load_network=True, load_optimizer=True, load_hparams=True):
+        hp = dict(state_dict["hparams"])
+        extra = {k: hp.pop(k) for k in list(hp) if k in slot["extra"]}
+        new = super().load_state_dict(slot, {**state_dict, "hparams": hp}, load_network, load_optimizer, load_hparams)
+        new["extra"] = {**slot["extra"], **extra} if load_hparams else slot["extra"]
+        return new
+
+    def _target_entropy(self, ctx: Context) -> jax.Array:
+        slot = ctx.slot(self.name)
+        if callable(self.target_entropy):
+            return jnp.asarray(self.target_entropy(slot["opt_state"].count), jnp.float32)
+        return slot["extra"]["target_entropy"]
+
+    def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        obs = _obs(ctx.batch[self.data_group], "observation", self.obs_key)
+        mean, std = self.policy.apply(ctx.slot(self.policy_name)["params"], obs)
+        _, logp = sample_action(mean, std, ctx.key)
+        logp = jax.lax.stop_gradient(logp)
+        target_entropy = self._target_entropy(ctx)
+        loss = jnp.mean(params["ln_alpha"] * (-logp - target_entropy))
+        return loss, {"alpha": jnp.exp(params["ln_alpha"]), "target_entropy": target_entropy}
+
+    def backward(self, ctx: Context) -> Context:
+        ctx = super().backward(ctx)
+        slot = ctx.slot(self.name)
+        ln_alpha = jnp.minimum(slot["params"]["ln_alpha"], slot["extra"]["max_ln_alpha"])
+        return ctx.with_slot(self.name, {**slot, "params": {"ln_alpha": ln_alpha}})
+
+
+def make_sac_callbacks(
+    *,
+    obs_dim: int,
+    n_actions: int,
+    key: jax.Array,
+    hidden_dims: tuple[int, ...] = (256, 256),
+    q_hidden_dims: tuple[int, ...] | None = None,
+    lr_q: float = 3e-4,
+    lr_policy: float = 3e-4,
+    lr_alpha: float = 3e-4,
+    gamma: float = 0.99,
+    tau: float = 0.005,
+    reward_scale: float = 1.0,
+    initial_alpha: float = 1.0,
+    max_alpha: float = 0.2,
+    target_entropy: float | Schedule | None = None,
+    max_grad_norm: float = 10.0,
+    obs_key: str = "obs",
+    data_group: str = "default",
+) -> tuple[list[Callback], GaussianPolicy]:
+    """The standard SAC callback list ``[q1, q2, policy, alpha, q_target]`` and the policy network.
+
+    Networks are the reference's (:mod:`emote_jax.networks.sac`); parameters are initialised from ``key``.
+    Slot names: "q1", "q2", "policy", "alpha", "q_target".
+    """
+    if obs_dim < 1 or n_actions < 1:
+        raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
+    q_net = QNet(tuple(q_hidden_dims or hidden_dims))
+    policy_net = GaussianPolicy(n_actions, tuple(hidden_dims))
+    k1, k2, k3 = jax.random.split(key, 3)
+    obs0, act0 = jnp.zeros((1, obs_dim)), jnp.zeros((1, n_actions))
+    q1_params, q2_params = q_net.init(k1, obs0, act0), q_net.init(k2, obs0, act0)
+    policy_params = policy_net.init(k3, obs0)
+    common = dict(obs_key=obs_key, data_group=data_group, max_grad_norm=max_grad_norm)
+    q_target = QTarget(q=q_net, policy=policy_net, gamma=gamma, tau=tau, reward_scale=reward_scale,
+                       obs_key=obs_key, data_group=data_group)
+    q_target.init_targets(q1_params, q2_params)
+    callbacks: list[Callback] = [
+        QLoss(name="q1", q=q_net, params=q1_params, lr=lr_q, **common),
+        QLoss(name="q2", q=q_net, params=q2_params, lr=lr_q, **common),
+        PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=lr_policy, **common),
+        AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=initial_alpha, max_alpha=max_alpha,
+                  target_entropy=target_entropy, lr=lr_alpha, **common),
+        q_target,
+    ]
+    return callbacks, policy_net
