@@ -122,7 +122,8 @@ class Trainer:
         self.steps_per_call = int(steps_per_call or loader_k or 1)
         if self.steps_per_call < 1:
             raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
-        self._loader_stacks = loader_k is not None
+        # a loader that samples K > 1 steps at once stacks them itself; at K = 1 it adds no axis
+        self._loader_stacks = loader_k is not None and loader_k > 1
         self.num_compilations = 0
         self.last_metrics: dict[str, np.ndarray] = {}
         key = jax.random.key(seed)
@@ -235,7 +236,13 @@ class Trainer:
             batch, size = self._pop_size(batch, stacked=True)
             return batch, size
         items = [self._pop_size(next(it), stacked=False) for _ in range(self.steps_per_call)]
-        batches = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[b for b, _ in items])
+        if len(items) == 1:  # no copy, and device arrays (a prefetching loader) stay on the device
+            return jax.tree.map(lambda x: x[None], items[0][0]), items[0][1]
+
+        def stack(*xs: Any) -> Any:
+            return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack([np.asarray(x) for x in xs])
+
+        batches = jax.tree.map(stack, *[b for b, _ in items])
         return batches, sum(s for _, s in items) // len(items)
 
     def _pop_size(self, batch: Any, stacked: bool) -> tuple[Any, int]:
