@@ -1,0 +1,457 @@
+"""A replay table: a NumPy ring buffer of transitions, linked into episodes, sampled in rollout windows.
+
+Layout (one row = one transition, all columns preallocated with ``capacity`` rows)::
+
+    observation[k]       (C, *obs_shape[k])   obs_t
+    next_observation[k]  (C, *obs_shape[k])   obs_{t+1}
+    actions              (C, *action_shape)   a_t
+    rewards              (C,) float32         r_t (the reward of a_t)
+    terminated/truncated (C,) bool            row is the last step of an episode that ended so
+    next_row             (C,) int64           row of step t+1 of the same episode, -1 if none yet
+    episode/step/agent   (C,) int64           bookkeeping (which episode, which t, which agent)
+
+Why this layout: a row is written the moment ``obs_{t+1}`` arrives, so data is sampleable as soon as it
+exists (running episodes included) and agents may interleave freely. Storing ``next_observation`` per
+row costs twice the observation memory of an "L+1 observations per episode" layout, but makes every row
+self-contained: no row ever has to be pinned for a running episode, a T=1 sample is one gather, and
+ejection is a plain ring overwrite. The ``L+1`` observations of an episode are still all there
+(:meth:`ReplayTable.get_episode` rebuilds them).
+
+Ejection is FIFO by transition: a write overwrites the oldest rows. An episode that loses its first
+steps keeps the rest (windows that would start in the ejected prefix no longer exist). A running
+episode whose latest row is overwritten continues unharmed: its next step starts a new linked stretch.
+Since ``next_row`` only ever points at newer rows, a live row never points at an ejected one.
+
+Sampling is uniform over all valid rollout windows (``T`` consecutive transitions of one episode),
+with replacement, by rejection: rows are drawn uniformly from the live rows and kept if ``T - 1``
+``next_row`` hops exist; after a few rounds with too few hits it falls back to enumerating all windows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from emote_jax.memory import _checks
+
+ObservationSpec = Mapping[str, tuple[tuple[int, ...], Any]]
+
+#: Rounds of rejection sampling before falling back to enumerating every valid window.
+_REJECTION_ROUNDS = 4
+
+
+class ReplayTable:
+    """A thread-safe ring buffer of ``capacity`` transitions, grouped into episodes per agent.
+
+    Args:
+        capacity: the maximum number of transitions kept (rows of the ring).
+        observation_spec: ``{key: (shape, dtype)}`` of one unbatched observation.
+        action_shape: shape of one unbatched action, e.g. ``(2,)`` (``()`` for a scalar action).
+        action_dtype: dtype of the action column.
+        seed: seed of the sampling RNG (``None`` for a fresh, nondeterministic one).
+
+    Writers normally go through :class:`~emote_jax.memory.proxy.MemoryProxy`; the low-level write is
+    :meth:`add_transitions`. A :class:`threading.Lock` guards every write and every sample, so a
+    collector thread may write while the training loop samples.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        observation_spec: ObservationSpec,
+        action_shape: tuple[int, ...],
+        action_dtype: Any = np.float32,
+        seed: int | None = 0,
+    ):
+        where = "ReplayTable"
+        self._capacity = _checks.positive_int(capacity, "capacity", where)
+        self._obs_spec = _normalise_spec(observation_spec, where)
+        self._action_shape = _normalise_shape(action_shape, "action_shape", where)
+        self._action_dtype = np.dtype(action_dtype)
+        c = self._capacity
+
+        self._obs = {k: np.zeros((c, *s), d) for k, (s, d) in self._obs_spec.items()}
+        self._next_obs = {k: np.zeros((c, *s), d) for k, (s, d) in self._obs_spec.items()}
+        self._actions = np.zeros((c, *self._action_shape), self._action_dtype)
+        self._rewards = np.zeros(c, np.float32)
+        self._terminated = np.zeros(c, bool)
+        self._truncated = np.zeros(c, bool)
+        self._next_row = np.full(c, -1, np.int64)
+        self._row_episode = np.full(c, -1, np.int64)
+        self._row_step = np.full(c, -1, np.int64)
+        self._row_agent = np.full(c, -1, np.int64)
+
+        self._head = 0  # next row to write
+        self._size = 0  # live rows are exactly [0, size): the ring fills from 0 and never shrinks
+        self._tips: dict[int, int] = {}  # running episode -> its latest live row
+        self._episode_rows: dict[int, int] = {}  # episode -> number of live rows
+        self._next_episode_id = 0
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+
+    # ---- description -----------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """The maximum number of transitions kept."""
+        return self._capacity
+
+    @property
+    def observation_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """``{key: (shape, dtype)}`` of one unbatched observation."""
+        return dict(self._obs_spec)
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        return self._action_shape
+
+    @property
+    def action_dtype(self) -> np.dtype:
+        return self._action_dtype
+
+    def size(self) -> int:
+        """The number of sampleable transitions (<= capacity)."""
+        return self._size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def full(self) -> bool:
+        """Whether the ring is full, so that every further write ejects the oldest transitions."""
+        return self._size == self._capacity
+
+    @property
+    def num_episodes(self) -> int:
+        """The number of episodes (running or ended) with at least one transition in the table."""
+        with self._lock:
+            return len(self._episode_rows)
+
+    def episode_ids(self) -> list[int]:
+        """Ids of the episodes with at least one transition in the table, ascending."""
+        with self._lock:
+            return sorted(self._episode_rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplayTable(capacity={self._capacity}, size={self._size}, "
+            f"episodes={len(self._episode_rows)}, observation_spec={self._obs_spec}, "
+            f"action_shape={self._action_shape}, action_dtype={self._action_dtype})"
+        )
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def new_episode_id(self) -> int:
+        """A fresh episode id (0, 1, 2, ...), unique within this table."""
+        with self._lock:
+            eid = self._next_episode_id
+            self._next_episode_id += 1
+            return eid
+
+    def add_transitions(
+        self,
+        *,
+        agent_ids: Any,
+        episode_ids: Any,
+        steps: Any,
+        observation: Mapping[str, Any],
+        actions: Any,
+        rewards: Any,
+        next_observation: Mapping[str, Any],
+        terminated: Any = None,
+        truncated: Any = None,
+    ) -> np.ndarray:
+        """Write N transitions (one row each) and link each to the previous step of its episode.
+
+        Args:
+            agent_ids, episode_ids, steps: ints of shape (N,). ``steps[i]`` is t of the transition;
+                consecutive writes of one episode must have consecutive steps.
+            observation, next_observation: ``{key: (N, *obs_shape[key])}``; obs_t and obs_{t+1}.
+            actions: (N, *action_shape), a_t.
+            rewards: (N,), the reward of a_t.
+            terminated: (N,) bool, the row is the last step of a truly terminated episode.
+            truncated: (N,) bool, the row is the last step of a truncated/interrupted episode.
+
+        Returns:
+            the rows written, shape (N,).
+
+        When the ring is full the oldest rows are overwritten (FIFO). Raises ValueError/TypeError on
+        wrong keys, shapes or dtypes, non-finite values, N > capacity, or a step that does not follow
+        the episode's previous one; nothing is written then.
+        """
+        where = "ReplayTable.add_transitions"
+        eids = np.asarray(episode_ids)
+        if eids.ndim != 1 or eids.dtype.kind not in "iu":
+            raise ValueError(f"{where}: expected episode_ids to be ints of shape (N,), got {eids.dtype} {eids.shape}")
+        n = len(eids)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        if n > self._capacity:
+            raise ValueError(f"{where}: expected at most capacity={self._capacity} transitions per write, got {n}")
+        agents = _checks.array_like(agent_ids, "agent_ids", (n,), np.dtype(np.int64), where)
+        step_arr = _checks.array_like(steps, "steps", (n,), np.dtype(np.int64), where)
+        if agents.dtype.kind not in "iu" or step_arr.dtype.kind not in "iu":
+            raise TypeError(f"{where}: expected integer agent_ids and steps, got {agents.dtype} and {step_arr.dtype}")
+        if np.any(step_arr < 0):
+            raise ValueError(f"{where}: expected steps >= 0, got {step_arr.tolist()}")
+        obs = self._check_obs(observation, "observation", n, where)
+        next_obs = self._check_obs(next_observation, "next_observation", n, where)
+        act = _checks.array_like(actions, "actions", (n, *self._action_shape), self._action_dtype, where)
+        _checks.finite(act, "actions", where)
+        rew = _checks.array_like(rewards, "rewards", (n,), np.dtype(np.float32), where)
+        _checks.finite(rew, "rewards", where)
+        term = self._check_flags(terminated, "terminated", n, where)
+        trunc = self._check_flags(truncated, "truncated", n, where)
+        if np.any(term & trunc):
+            raise ValueError(
+                f"{where}: a transition cannot be both terminated and truncated, got both at "
+                f"index {np.flatnonzero(term & trunc).tolist()}"
+            )
+        ends = term | trunc
+
+        with self._lock:
+            self._check_continuity(eids, step_arr, ends, where)
+            rows = (self._head + np.arange(n)) % self._capacity
+            self._forget_rows(rows[rows < self._size])
+            for k in self._obs_spec:
+                self._obs[k][rows] = obs[k]
+                self._next_obs[k][rows] = next_obs[k]
+            self._actions[rows] = act
+            self._rewards[rows] = rew
+            self._terminated[rows] = term
+            self._truncated[rows] = trunc
+            self._next_row[rows] = -1
+            self._row_episode[rows] = eids
+            self._row_step[rows] = step_arr
+            self._row_agent[rows] = agents
+            for row, eid, end in zip(rows.tolist(), eids.tolist(), ends.tolist()):
+                prev = self._tips.get(eid)
+                if prev is not None:
+                    self._next_row[prev] = row
+                if end:
+                    self._tips.pop(eid, None)
+                else:
+                    self._tips[eid] = row
+                self._episode_rows[eid] = self._episode_rows.get(eid, 0) + 1
+            self._head = int((self._head + n) % self._capacity)
+            self._size = min(self._size + n, self._capacity)
+        return rows
+
+    def truncate_episode(self, episode_id: int) -> bool:
+        """Mark the latest stored step of a running episode as the end of a truncated episode.
+
+        For an episode interrupted without a final observation (e.g. a collector stopping): its last
+        stored transition keeps ``masks == 1`` and gets ``truncated == 1``. Returns False when the episode
+        has no live row to mark (nothing stored yet, already ended, or ejected).
+        """
+        with self._lock:
+            row = self._tips.pop(int(episode_id), None)
+            if row is None:
+                return False
+            self._truncated[row] = True
+            return True
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def sample(self, count: int, rollout_length: int = 1, *, num_batches: int | None = None) -> dict[str, Any]:
+        """Sample ``count`` rollout windows of ``T = rollout_length`` transitions, uniformly over all
+        valid windows (T consecutive transitions of one episode), with replacement.
+
+        Returns fresh arrays (never views of the table), rollout-major (rollout i is rows i*T..i*T+T-1)::
+
+            observation       {key: (count*T, *obs_shape)}
+            next_observation  {key: (count, *obs_shape)}   obs after the window's last step
+            actions           (count*T, *action_shape)
+            rewards           (count*T, 1) float32
+            masks             (count, 1) float32   0.0 iff the window ends an episode that TERMINATED
+            terminated        (count, 1) float32   1 - masks
+            truncated         (count, 1) float32   1.0 iff the window ends a truncated episode
+
+        With ``num_batches=K`` it draws K independent batches in one gather and every array gets a
+        leading axis K, e.g. ``actions`` (K, count*T, *action_shape), ``masks`` (K, count, 1).
+
+        Raises ValueError if one batch (``count * T`` transitions) is larger than :meth:`size`, or if no
+        window of length T exists.
+        """
+        where = "ReplayTable.sample"
+        count = _checks.positive_int(count, "count", where)
+        t_len = _checks.positive_int(rollout_length, "rollout_length", where)
+        k = 1 if num_batches is None else _checks.positive_int(num_batches, "num_batches", where)
+        with self._lock:
+            n = self._size
+            if count * t_len > n:
+                raise ValueError(
+                    f"{where}: asked for {count} rollouts of length {t_len} ({count * t_len} "
+                    f"transitions), but the table holds only {n} transitions"
+                )
+            starts = self._draw_starts(k * count, t_len, n, where)
+            idx = self._chain(starts, t_len)  # (k*count, T)
+            flat = idx.reshape(-1)
+            last = idx[:, -1]
+            terminated = self._terminated[last].astype(np.float32)[:, None]
+            out = {
+                "observation": {key: v[flat] for key, v in self._obs.items()},
+                "next_observation": {key: v[last] for key, v in self._next_obs.items()},
+                "actions": self._actions[flat],
+                "rewards": self._rewards[flat][:, None],
+                "masks": 1.0 - terminated,
+                "terminated": terminated,
+                "truncated": self._truncated[last].astype(np.float32)[:, None],
+            }
+        return out if num_batches is None else _split_leading(out, k)
+
+    def num_windows(self, rollout_length: int = 1) -> int:
+        """The exact number of valid rollout windows of length T (O(size * T))."""
+        t_len = _checks.positive_int(rollout_length, "rollout_length", "ReplayTable.num_windows")
+        with self._lock:
+            return int(np.count_nonzero(self._window_ok(np.arange(self._size), t_len)))
+
+    def get_episode(self, episode_id: int) -> dict[str, Any]:
+        """The live part of one episode, rebuilt from its rows (fresh arrays).
+
+        Returns ``{"agent_id": int, "steps": (L,), "observations": {key: (L+1, *shape)},
+        "actions": (L, *action_shape), "rewards": (L,), "terminated": bool, "truncated": bool}`` where L
+        is the number of its transitions still in the table; ``terminated``/``truncated`` say how its last
+        stored step ended (both False while it runs). KeyError if no row of it is live.
+        """
+        with self._lock:
+            rows = np.flatnonzero(self._row_episode[: self._size] == episode_id)
+            if rows.size == 0:
+                raise KeyError(
+                    f"ReplayTable.get_episode: episode {episode_id} has no transition in the table; "
+                    f"stored episodes: {sorted(self._episode_rows)}"
+                )
+            rows = rows[np.argsort(self._row_step[rows], kind="stable")]
+            last = rows[-1]
+            return {
+                "agent_id": int(self._row_agent[last]),
+                "steps": self._row_step[rows].copy(),
+                "observations": {
+                    k: np.concatenate([self._obs[k][rows], self._next_obs[k][last][None]]) for k in self._obs
+                },
+                "actions": self._actions[rows],
+                "rewards": self._rewards[rows],
+                "terminated": bool(self._terminated[last]),
+                "truncated": bool(self._truncated[last]),
+            }
+
+    # ---- internals (called with the lock held) ---------------------------------------------------
+    def _forget_rows(self, rows: np.ndarray) -> None:
+        """Bookkeeping for live rows about to be overwritten (the oldest ones)."""
+        for row in rows.tolist():
+            eid = int(self._row_episode[row])
+            left = self._episode_rows[eid] - 1
+            if left:
+                self._episode_rows[eid] = left
+            else:
+                del self._episode_rows[eid]
+            if self._tips.get(eid) == row:
+                del self._tips[eid]
+
+    def _check_continuity(self, eids: np.ndarray, steps: np.ndarray, ends: np.ndarray, where: str) -> None:
+        """ValueError unless each write continues its episode at the step after the previous one."""
+        last_step: dict[int, int | None] = {}
+        for i, (eid, step, end) in enumerate(zip(eids.tolist(), steps.tolist(), ends.tolist())):
+            if eid in last_step:
+                prev = last_step[eid]
+            else:
+                tip = self._tips.get(eid)
+                prev = None if tip is None else int(self._row_step[tip])
+            if prev is not None and step != prev + 1:
+                raise ValueError(
+                    f"{where}: episode {eid} (index {i}): expected step {prev + 1} after step {prev}, got {step}"
+                )
+            last_step[eid] = None if end else step
+
+    def _check_obs(self, obs: Mapping[str, Any], name: str, n: int, where: str) -> dict[str, np.ndarray]:
+        if not isinstance(obs, Mapping) or set(obs) != set(self._obs_spec):
+            got = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
+            raise ValueError(f"{where}: expected {name} with keys {sorted(self._obs_spec)}, got {got}")
+        out = {}
+        for k, (shape, dtype) in self._obs_spec.items():
+            out[k] = _checks.array_like(obs[k], f"{name}[{k!r}]", (n, *shape), dtype, where)
+            _checks.finite(out[k], f"{name}[{k!r}]", where)
+        return out
+
+    @staticmethod
+    def _check_flags(flags: Any, name: str, n: int, where: str) -> np.ndarray:
+        if flags is None:
+            return np.zeros(n, bool)
+        arr = np.asarray(flags)
+        if arr.shape != (n,) or arr.dtype != bool:
+            raise ValueError(f"{where}: expected {name} of dtype bool and shape ({n},), got {arr.dtype} {arr.shape}")
+        return arr
+
+    def _window_ok(self, rows: np.ndarray, t_len: int) -> np.ndarray:
+        """(len(rows),) bool: whether a window of t_len transitions starts at each row."""
+        ok = np.ones(rows.shape, bool)
+        cur = rows
+        for _ in range(t_len - 1):
+            nxt = self._next_row[cur]
+            ok &= nxt >= 0
+            cur = np.where(ok, nxt, cur)
+        return ok
+
+    def _chain(self, starts: np.ndarray, t_len: int) -> np.ndarray:
+        """(count, T) rows of the windows starting at ``starts`` (all assumed valid)."""
+        idx = np.empty((starts.shape[0], t_len), np.int64)
+        idx[:, 0] = starts
+        for j in range(1, t_len):
+            idx[:, j] = self._next_row[idx[:, j - 1]]
+        return idx
+
+    def _draw_starts(self, count: int, t_len: int, n: int, where: str) -> np.ndarray:
+        """``count`` start rows, i.i.d. uniform over the valid windows of length t_len."""
+        if t_len == 1:  # every live row is a valid window
+            return self._rng.integers(0, n, size=count)
+        picked, need = [], count
+        for _ in range(_REJECTION_ROUNDS):
+            cand = self._rng.integers(0, n, size=max(2 * need, 64))
+            hits = cand[self._window_ok(cand, t_len)][:need]
+            picked.append(hits)
+            need -= hits.size
+            if need == 0:
+                return np.concatenate(picked)
+        valid = np.flatnonzero(self._window_ok(np.arange(n), t_len))
+        if valid.size == 0:
+            longest = max(self._episode_rows.values(), default=0)
+            raise ValueError(
+                f"{where}: expected at least one window of {t_len} consecutive transitions of one "
+                f"episode, got none: the longest stored episode stretch has {longest} transitions "
+                f"({n} transitions, {len(self._episode_rows)} episodes stored)"
+            )
+        picked.append(valid[self._rng.integers(0, valid.size, size=need)])
+        return np.concatenate(picked)
+
+
+def _split_leading(data: dict[str, Any], k: int) -> dict[str, Any]:
+    """Give every array a leading axis k (rows are rollout-major, so batch j holds rollouts
+    j*count .. (j+1)*count - 1)."""
+    return {
+        key: _split_leading(v, k) if isinstance(v, dict) else v.reshape(k, v.shape[0] // k, *v.shape[1:])
+        for key, v in data.items()
+    }
+
+
+def _normalise_shape(shape: Any, name: str, where: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ValueError(f"{where}: expected {name} to be a tuple of ints, got {shape!r}") from None
+    if any(d < 0 for d in out):
+        raise ValueError(f"{where}: expected {name} with non-negative sizes, got {out}")
+    return out
+
+
+def _normalise_spec(spec: ObservationSpec, where: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"{where}: expected observation_spec as a non-empty {{key: (shape, dtype)}}, got {spec!r}")
+    out = {}
+    for key, entry in spec.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: expected observation_spec keys to be str, got {key!r}")
+        try:
+            shape, dtype = entry
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected observation_spec[{key!r}] = (shape, dtype), got {entry!r}") from None
+        out[key] = (_normalise_shape(shape, f"observation_spec[{key!r}] shape", where), np.dtype(dtype))
+    return out
