@@ -1,0 +1,17 @@
+"""Collectors: host callbacks that step environments with the current policy and fill a replay memory."""
+
+from emote_jax.collectors.gym import (
+    GymCollector,
+    NonFiniteObservationError,
+    PolicyOutputError,
+    ThreadedGymCollector,
+    memory_spec,
+)
+
+__all__ = [
+    "GymCollector",
+    "NonFiniteObservationError",
+    "PolicyOutputError",
+    "ThreadedGymCollector",
+    "memory_spec",
+]
