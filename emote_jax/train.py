@@ -1,0 +1,283 @@
+"""The default SAC recipe behind ``emote-jax train``: config, assembly, the run, and evaluation.
+
+:func:`build_sac` wires the pieces the way a user would by hand (env -> collector -> memory -> loader ->
+trainer with the SAC callbacks); :func:`train_sac` runs it with progress output and evaluates the
+deterministic policy at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
+from emote_jax.algorithms.sac import make_sac_callbacks
+from emote_jax.callback import HostCallback, TrainingShutdownException
+from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
+from emote_jax.context import Context
+from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
+from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
+from emote_jax.trainer import Trainer
+
+
+@dataclass
+class SACConfig:
+    """Everything ``emote-jax train`` can set. Defaults: SAC on Pendulum-v1 as the reference benchmarks it.
+
+    Step counts are env steps (transitions over all sub-envs) unless the name says otherwise.
+    """
+
+    env_id: str = "Pendulum-v1"
+    env_steps: int = 15_000
+    seed: int = 0
+    num_envs: int = 1
+    async_envs: bool = False
+    threaded: bool = False
+    batch_size: int = 256
+    rollout_length: int = 1
+    hidden_dims: tuple[int, ...] = (256, 256)
+    q_hidden_dims: tuple[int, ...] | None = None
+    lr_q: float = 3e-4
+    lr_policy: float = 3e-4
+    lr_alpha: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    reward_scale: float = 1.0
+    initial_alpha: float = 1.0
+    max_alpha: float = 0.2
+    max_grad_norm: float = 10.0
+    memory_size: int = 1_000_000
+    warmup_steps: int = 1_000
+    random_warmup: bool = True
+    bp_steps_per_env_step: float = 1.0
+    steps_per_call: int = 1
+    prefetch: bool = False
+    eval_episodes: int = 10
+    log_interval: int = 1_000
+    run_dir: str | None = None
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first setting that cannot work."""
+        checks = [
+            ("env_steps", self.env_steps > 0), ("num_envs", self.num_envs >= 1), ("batch_size", self.batch_size >= 1),
+            ("rollout_length", self.rollout_length >= 1), ("memory_size", self.memory_size >= self.batch_size),
+            ("warmup_steps", self.warmup_steps >= 0), ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0),
+            ("steps_per_call", self.steps_per_call >= 1), ("eval_episodes", self.eval_episodes >= 0),
+            ("gamma", 0.0 <= self.gamma <= 1.0), ("tau", 0.0 < self.tau <= 1.0), ("log_interval", self.log_interval > 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"SACConfig.{name} = {getattr(self, name)!r} is not valid")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_vector_env(cfg: SACConfig, seed_offset: int = 0) -> gymnasium.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` in a sync (or async) vector env with NEXT_STEP autoreset."""
+    fns = [lambda: gymnasium.make(cfg.env_id, **cfg.env_kwargs) for _ in range(cfg.num_envs)]
+    cls = gymnasium.vector.AsyncVectorEnv if cfg.async_envs else gymnasium.vector.SyncVectorEnv
+    return cls(fns)
+
+
+def policy_act(policy_net: GaussianPolicy, deterministic: bool = False) -> Callable[..., jax.Array]:
+    """``(params, obs (N, obs_dim), key) -> actions (N, A)`` in [-1, 1]: a sample, or ``tanh(mean)``."""
+
+    def act(params: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
+        mean, std = policy_net.apply(params, obs)
+        return mode_action(mean) if deterministic else sample_action(mean, std, key)[0]
+
+    return act
+
+
+def check_spaces(env: gymnasium.vector.VectorEnv) -> tuple[int, int]:
+    """``(obs_dim, n_actions)`` of a flat Box-observation, Box-action env, or a clear error."""
+    obs_space, act_space = env.single_observation_space, env.single_action_space
+    if not isinstance(act_space, gymnasium.spaces.Box):
+        raise TypeError(
+            f"SAC needs a continuous Box action space; {env.spec.id if env.spec else 'the env'} has {act_space!r}"
+        )
+    if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
+        raise TypeError(f"the default SAC networks take a flat Box observation (obs_dim,); got {obs_space!r}")
+    return int(obs_space.shape[0]), int(np.prod(act_space.shape))
+
+
+class EnvStepBudget(HostCallback):
+    """Ends training (a clean shutdown) once the collector has taken ``env_steps`` env steps."""
+
+    def __init__(self, collector: GymCollector, env_steps: int, name: str = "env_step_budget"):
+        super().__init__(name=name, cycle=1, order=1000)
+        self.collector, self.env_steps = collector, env_steps
+
+    def begin_training(self, ctx: Context) -> None:
+        if self.collector.env_steps >= self.env_steps:
+            raise TrainingShutdownException()
+
+    def end_cycle(self, ctx: Context) -> None:
+        if self.collector.env_steps >= self.env_steps:
+            raise TrainingShutdownException()
+
+
+class ProgressLines(HostCallback):
+    """Prints one line every ``interval`` env steps: steps, recent return, throughput."""
+
+    def __init__(self, collector: GymCollector, total_env_steps: int, interval: int, out: TextIO = sys.stdout,
+                 name: str = "progress"):
+        super().__init__(name=name, cycle=1, order=900)
+        self.collector, self.total, self.interval, self.out = collector, total_env_steps, interval, out
+        self.rows: list[dict[str, float]] = []
+
+    def begin_training(self, ctx: Context) -> None:
+        self._t0 = self._t_last = time.perf_counter()
+        self._bp_last, self._env_last = ctx.bp_step, self.collector.env_steps
+        self._next = (self.collector.env_steps // self.interval + 1) * self.interval
+
+    def _line(self, bp_step: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        env_steps = self.collector.env_steps
+        dt = max(now - self._t_last, 1e-9)
+        returns = list(self.collector.episode_returns)[-10:]
+        ret = float(np.mean(returns)) if returns else float("nan")
+        row = {"env_steps": env_steps, "bp_step": bp_step, "return_last10": ret,
+               "updates_per_s": (bp_step - self._bp_last) / dt, "env_steps_per_s": (env_steps - self._env_last) / dt,
+               "elapsed_s": now - self._t0}
+        self.rows.append(row)
+        print(
+            f"{'done' if final else 'env steps'} {env_steps:>8}/{self.total} | bp step {bp_step:>8} | "
+            f"return (last 10 episodes) {ret:9.1f} | {row['updates_per_s']:7.0f} updates/s | "
+            f"{row['env_steps_per_s']:7.0f} env steps/s | {row['elapsed_s']:6.0f} s",
+            file=self.out, flush=True,
+        )
+        self._t_last, self._bp_last, self._env_last = now, bp_step, env_steps
+
+    def end_cycle(self, ctx: Context) -> None:
+        if self.collector.env_steps >= self._next:
+            self._line(ctx.bp_step)
+            self._next = (self.collector.env_steps // self.interval + 1) * self.interval
+
+    def end_training(self, ctx: Context) -> None:
+        self._line(ctx.bp_step - 1, final=True)
+
+
+@dataclass
+class SACRun:
+    """The assembled pieces of a SAC run (for users who want to drive or inspect them)."""
+
+    config: SACConfig
+    trainer: Trainer
+    collector: GymCollector
+    env: gymnasium.vector.VectorEnv
+    table: ReplayTable
+    loader: MemoryLoader
+    policy_net: GaussianPolicy
+    progress: ProgressLines | None
+
+
+def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> SACRun:
+    """Assemble env, memory, loader, collector, SAC callbacks and trainer from ``cfg``.
+
+    Every check (spaces, settings) happens here, before anything is compiled.
+    """
+    cfg.validate()
+    env = make_vector_env(cfg)
+    try:
+        obs_dim, n_actions = check_spaces(env)
+        obs_spec, action_shape = memory_spec(env)
+        table = ReplayTable(cfg.memory_size, obs_spec, action_shape, seed=cfg.seed)
+        memory = MemoryProxy(table)
+        if cfg.batch_size % cfg.rollout_length:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of rollout_length {cfg.rollout_length}")
+        loader = MemoryLoader(table, cfg.batch_size // cfg.rollout_length, cfg.rollout_length,
+                              steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch)
+        callbacks, policy_net = make_sac_callbacks(
+            obs_dim=obs_dim, n_actions=n_actions, key=jax.random.key(cfg.seed), hidden_dims=cfg.hidden_dims,
+            q_hidden_dims=cfg.q_hidden_dims, lr_q=cfg.lr_q, lr_policy=cfg.lr_policy, lr_alpha=cfg.lr_alpha,
+            gamma=cfg.gamma, tau=cfg.tau, reward_scale=cfg.reward_scale, initial_alpha=cfg.initial_alpha,
+            max_alpha=cfg.max_alpha, max_grad_norm=cfg.max_grad_norm,
+        )
+        collector_cls = ThreadedGymCollector if cfg.threaded else GymCollector
+        warmup_vector_steps = -(-cfg.warmup_steps // cfg.num_envs)
+        collector = collector_cls(env, policy_act(policy_net), memory, params_slot="policy",
+                                  bp_steps_per_env_step=cfg.bp_steps_per_env_step, warmup_steps=warmup_vector_steps,
+                                  random_warmup=cfg.random_warmup, seed=cfg.seed)
+        host: list[HostCallback] = [collector, MemoryWarmup(loader), EnvStepBudget(collector, cfg.env_steps)]
+        progress = None
+        if out is not None:
+            progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out)
+            host.append(progress)
+        trainer = Trainer([*callbacks, *host], loader, steps_per_call=cfg.steps_per_call, seed=cfg.seed)
+    except BaseException:
+        env.close()
+        raise
+    return SACRun(cfg, trainer, collector, env, table, loader, policy_net, progress)
+
+
+def evaluate(cfg: SACConfig, policy_net: GaussianPolicy, params: Any, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` deterministic episodes (``tanh(mean)``) on fresh single envs."""
+    act = jax.jit(policy_act(policy_net, deterministic=True))
+    env = gymnasium.make(cfg.env_id, **cfg.env_kwargs)
+    low, high = env.action_space.low, env.action_space.high
+    returns = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            done, total = False, 0.0
+            while not done:
+                a = np.asarray(act(params, jnp.asarray(obs, jnp.float32)[None], jax.random.key(0)))[0]
+                obs, r, terminated, truncated, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
+                total += float(r)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return returns
+
+
+def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> dict[str, Any]:
+    """Train SAC per ``cfg``, evaluate, write ``config.json`` and ``result.json`` to ``run_dir``.
+
+    Returns the result: evaluation returns and their mean, wall time, updates/s, env steps, bp steps.
+    """
+    t0 = time.perf_counter()
+    run = build_sac(cfg, out)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    if out is not None:
+        print(f"emote_jax SAC on {cfg.env_id}: {cfg.env_steps} env steps, {cfg.num_envs} env(s), seed {cfg.seed}, "
+              f"devices {jax.devices()}", file=out, flush=True)
+    try:
+        t_train = time.perf_counter()
+        ctx = run.trainer.train()
+        train_s = time.perf_counter() - t_train
+    finally:
+        run.env.close()
+    bp_steps = run.trainer.bp_step - 1
+    returns = evaluate(cfg, run.policy_net, ctx.state["policy"]["params"], cfg.eval_episodes, seed=cfg.seed + 10_000)
+    result = {
+        "env_id": cfg.env_id, "seed": cfg.seed, "env_steps": run.collector.env_steps, "bp_steps": bp_steps,
+        "eval_returns": returns, "eval_mean_return": float(np.mean(returns)) if returns else None,
+        "eval_std_return": float(np.std(returns)) if returns else None,
+        "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
+        "updates_per_s": bp_steps / train_s if train_s > 0 else None,
+        "train_returns_last10": list(run.collector.episode_returns)[-10:],
+    }
+    if out is not None and returns:
+        print(f"evaluation over {len(returns)} deterministic episodes: mean return {result['eval_mean_return']:.1f} "
+              f"(std {result['eval_std_return']:.1f}); trained in {train_s:.0f} s", file=out, flush=True)
+    if run_dir is not None:
+        (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
