@@ -142,11 +142,15 @@ class ProgressLines(HostCallback):
     def begin_training(self, ctx: Context) -> None:
         self._t0 = self._t_last = time.perf_counter()
         self._bp_last, self._env_last = ctx.bp_step, self.collector.env_steps
+        self._bp_first, self._env_first = self._bp_last, self._env_last
         self._next = (self.collector.env_steps // self.interval + 1) * self.interval
 
     def _line(self, bp_step: int, final: bool = False) -> None:
+        """A progress line over the last interval, or over the whole run when ``final``."""
         now = time.perf_counter()
         env_steps = self.collector.env_steps
+        if final:
+            self._t_last, self._bp_last, self._env_last = self._t0, self._bp_first, self._env_first
         dt = max(now - self._t_last, 1e-9)
         returns = list(self.collector.episode_returns)[-10:]
         ret = float(np.mean(returns)) if returns else float("nan")
@@ -155,7 +159,7 @@ class ProgressLines(HostCallback):
                "elapsed_s": now - self._t0}
         self.rows.append(row)
         print(
-            f"{'done' if final else 'env steps'} {env_steps:>8}/{self.total} | bp step {bp_step:>8} | "
+            f"{'done, overall:' if final else 'env steps'} {env_steps:>8}/{self.total} | bp step {bp_step:>8} | "
             f"return (last 10 episodes) {ret:9.1f} | {row['updates_per_s']:7.0f} updates/s | "
             f"{row['env_steps_per_s']:7.0f} env steps/s | {row['elapsed_s']:6.0f} s",
             file=self.out, flush=True,

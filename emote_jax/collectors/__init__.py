@@ -3,6 +3,7 @@
 from emote_jax.collectors.gym import (
     GymCollector,
     NonFiniteObservationError,
+    ObservationShapeError,
     PolicyOutputError,
     ThreadedGymCollector,
     memory_spec,
@@ -11,6 +12,7 @@ from emote_jax.collectors.gym import (
 __all__ = [
     "GymCollector",
     "NonFiniteObservationError",
+    "ObservationShapeError",
     "PolicyOutputError",
     "ThreadedGymCollector",
     "memory_spec",

@@ -59,6 +59,10 @@ class NonFiniteObservationError(ValueError):
     """A sub-env returned an observation (or reward) that is NaN or infinite."""
 
 
+class ObservationShapeError(ValueError):
+    """The policy cannot take the env's observations (their shape does not match the network)."""
+
+
 class PolicyOutputError(ValueError):
     """The policy returned actions of the wrong shape, or non-finite actions."""
 
@@ -397,11 +401,25 @@ class GymCollector(HostCallback):
         self._flush()  # a second begin_training without end_training: close the old episodes first
         self._reset()
         self._started = True
+        self._check_policy_accepts(params)
         key = self._key
         self._policy_actions(params)  # validates the output shape and compiles the policy
         self._key = key
         for _ in range(self.warmup_steps):
             self._step(None if self.random_warmup else self._params(ctx))
+
+    def _check_policy_accepts(self, params: PyTree) -> None:
+        """Trace (not compile) the policy on the env's observations; a clear error if it cannot take them."""
+        obs = self._policy_input(self._obs)
+        try:
+            jax.eval_shape(self._act, params, obs, self._key)
+        except Exception as e:
+            shapes = jax.tree.map(lambda x: tuple(x.shape), obs)
+            raise ObservationShapeError(
+                f"{self.name}: the policy cannot act on the env's observations (batched shapes {shapes}, "
+                f"num_envs={self.num_envs}); does the network's input size match the observation space "
+                f"{self.env.single_observation_space}? {type(e).__name__}: {e}"
+            ) from e
 
     def begin_training(self, ctx: Context) -> None:
         self._cycles = 0

@@ -1,0 +1,82 @@
+"""``emote-jax`` (also ``python -m emote_jax``): command-line entry points.
+
+``emote-jax train`` trains SAC with the default configuration (Pendulum-v1, 15k env steps) and evaluates
+the deterministic policy at the end. Every :class:`~emote_jax.train.SACConfig` field has an option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+from emote_jax.train import SACConfig, train_sac
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 256,256, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,256, got {text!r}")
+    return dims
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    d = SACConfig()
+    p = sub.add_parser("train", help="train SAC (default: Pendulum-v1, 15k env steps) and evaluate it",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--env", dest="env_id", default=d.env_id, help="gymnasium env id (Box actions)")
+    p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
+    p.add_argument("--threaded", action="store_true", help="collect on a background thread")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
+    p.add_argument("--hidden", dest="hidden_dims", type=_int_tuple, default=d.hidden_dims, help="e.g. 256,256")
+    p.add_argument("--lr-q", type=float, default=d.lr_q)
+    p.add_argument("--lr-policy", type=float, default=d.lr_policy)
+    p.add_argument("--lr-alpha", type=float, default=d.lr_alpha)
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--reward-scale", type=float, default=d.reward_scale)
+    p.add_argument("--max-alpha", type=float, default=d.max_alpha)
+    p.add_argument("--memory-size", type=int, default=d.memory_size)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="random-action env steps first")
+    p.add_argument("--bp-steps-per-env-step", type=float, default=d.bp_steps_per_env_step,
+                   help="backprop steps per vector step (0.5: two vector steps per backprop step)")
+    p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")
+    p.add_argument("--prefetch", action="store_true", help="sample the next batch on a background thread")
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    p.add_argument("--log-interval", type=int, default=d.log_interval, help="env steps between progress lines")
+    p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emote-jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command")
+    if command == "train":
+        if args["run_dir"] is None:
+            args["run_dir"] = f"runs/sac-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        fields = {f.name for f in dataclasses.fields(SACConfig)}
+        cfg = SACConfig(**{k: v for k, v in args.items() if k in fields})
+        try:
+            cfg.validate()
+        except ValueError as e:
+            parser.error(str(e))
+        train_sac(cfg)
+        print(f"run directory: {cfg.run_dir}")
+        return 0
+    parser.error(f"unknown command {command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
