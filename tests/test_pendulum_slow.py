@@ -1,0 +1,20 @@
+"""The README's train command, defaults, on 3 seeds: mean evaluation return >= -250 by 15,000 env steps.
+
+Slow (a few minutes per seed on 2 CPU cores): excluded by default, run with ``pytest -m slow``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from emote_jax.train import SACConfig, train_sac
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_sac_solves_pendulum_in_15k_env_steps(seed, tmp_path):
+    cfg = SACConfig(seed=seed, run_dir=str(tmp_path / f"seed{seed}"))
+    assert cfg.env_id == "Pendulum-v1" and cfg.env_steps == 15_000  # the defaults are what is tested
+    result = train_sac(cfg, out=None)
+    assert result["env_steps"] >= 15_000
+    assert result["eval_mean_return"] >= -250.0, result["eval_returns"]
