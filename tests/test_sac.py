@@ -184,3 +184,17 @@ def test_alpha_target_entropy_defaults_to_minus_n_actions_and_accepts_a_schedule
     slot = sched.init_state(jax.random.key(0))
     ctx = Context(state={"alpha": slot}, batch=None, key=jax.random.key(0), metrics={}, bp_step=1)
     assert float(sched._target_entropy(ctx)) == -1.0
+
+
+def test_q_target_names_a_badly_shaped_batch():
+    qt = QTarget(q=LinearQ(), policy=FixedPolicy())
+    qt.init_targets({"w": jnp.asarray(1.0)}, {"w": jnp.asarray(1.0)})
+    batch = {"default": {
+        "observation": {"obs": jnp.zeros((4, 2))}, "next_observation": {"obs": jnp.zeros((2, 2))},
+        "actions": jnp.zeros((4, 1)), "rewards": jnp.zeros((4,)), "masks": jnp.ones((2, 1)),
+    }}
+    state = {"q_target": qt.init_state(jax.random.key(0)), "policy": {"params": {"b": jnp.asarray(0.0)}},
+             "alpha": {"params": {"ln_alpha": jnp.asarray(0.0)}}}
+    ctx = Context(state=state, batch=batch, key=jax.random.key(0), metrics={}, bp_step=1)
+    with pytest.raises(AssertionError, match=r"q_target: rewards must be \(B\*T, 1\)"):
+        qt.begin_batch(ctx)

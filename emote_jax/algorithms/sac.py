@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,8 +124,16 @@ class QTarget(Callback):
         batch = ctx.batch[self.data_group]
         next_obs = _obs(batch, "next_observation", self.obs_key)
         n_rollouts = next_obs.shape[0]
-        rewards = batch["rewards"].reshape(n_rollouts, -1)  # (B, T)
-        t = rewards.shape[1]
+        rows = _obs(batch, "observation", self.obs_key).shape[0]
+        if rows % n_rollouts:
+            raise ValueError(
+                f"{self.name}: batch has {rows} observation rows for {n_rollouts} next observations; expected "
+                "B rollouts of length T: observation (B*T, ...), next_observation (B, ...)"
+            )
+        t = rows // n_rollouts
+        chex.assert_shape(batch["rewards"], (rows, 1), custom_message=f"{self.name}: rewards must be (B*T, 1)")
+        chex.assert_shape(batch["masks"], (n_rollouts, 1), custom_message=f"{self.name}: masks must be (B, 1)")
+        rewards = batch["rewards"].reshape(n_rollouts, t)  # (B, T)
         ctx, key = ctx.split_key()
         mean, std = self.policy.apply(ctx.slot(self.policy_name)["params"], next_obs)
         next_action, next_logp = sample_action(mean, std, key)
