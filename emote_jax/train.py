@@ -211,11 +211,15 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> SACRun:
             gamma=cfg.gamma, tau=cfg.tau, reward_scale=cfg.reward_scale, initial_alpha=cfg.initial_alpha,
             max_alpha=cfg.max_alpha, max_grad_norm=cfg.max_grad_norm,
         )
-        collector_cls = ThreadedGymCollector if cfg.threaded else GymCollector
         warmup_vector_steps = -(-cfg.warmup_steps // cfg.num_envs)
-        collector = collector_cls(env, policy_act(policy_net), memory, params_slot="policy",
-                                  bp_steps_per_env_step=cfg.bp_steps_per_env_step, warmup_steps=warmup_vector_steps,
-                                  random_warmup=cfg.random_warmup, seed=cfg.seed)
+        common = dict(params_slot="policy", warmup_steps=warmup_vector_steps, random_warmup=cfg.random_warmup,
+                      seed=cfg.seed)
+        if cfg.threaded:  # collects continuously, capped at the configured ratio of env to backprop steps
+            collector = ThreadedGymCollector(env, policy_act(policy_net), memory,
+                                             max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step, **common)
+        else:
+            collector = GymCollector(env, policy_act(policy_net), memory,
+                                     bp_steps_per_env_step=cfg.bp_steps_per_env_step, **common)
         host: list[HostCallback] = [collector, MemoryWarmup(loader), EnvStepBudget(collector, cfg.env_steps)]
         progress = None
         if out is not None:
@@ -272,7 +276,8 @@ def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> dict[str, Any]
     bp_steps = run.trainer.bp_step - 1
     returns = evaluate(cfg, run.policy_net, ctx.state["policy"]["params"], cfg.eval_episodes, seed=cfg.seed + 10_000)
     result = {
-        "env_id": cfg.env_id, "seed": cfg.seed, "env_steps": run.collector.env_steps, "bp_steps": bp_steps,
+        "env_id": cfg.env_id, "seed": cfg.seed, "env_steps": run.collector.env_steps,
+        "vector_steps": run.collector.vector_steps, "bp_steps": bp_steps,
         "eval_returns": returns, "eval_mean_return": float(np.mean(returns)) if returns else None,
         "eval_std_return": float(np.std(returns)) if returns else None,
         "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
