@@ -2,6 +2,7 @@
 
 from emote_jax.callback import Callback, CallbackError, HostCallback, TrainingShutdownException
 from emote_jax.context import Context
+from emote_jax.faults import NonFiniteError, TrainingAborted
 from emote_jax.loss import LossCallback
 from emote_jax.trainer import StateMismatchError, Trainer
 
@@ -13,8 +14,10 @@ __all__ = [
     "Context",
     "HostCallback",
     "LossCallback",
+    "NonFiniteError",
     "StateMismatchError",
     "Trainer",
+    "TrainingAborted",
     "TrainingShutdownException",
     "__version__",
 ]

@@ -21,6 +21,7 @@ import optax
 
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
+from emote_jax.faults import NONFINITE_SUFFIX
 from emote_jax.networks.contract import Network, as_network
 
 OptimizerFactory = Callable[..., optax.GradientTransformation]
@@ -154,7 +155,17 @@ class LossCallback(Callback):
         updates, opt_state = self.tx.update(grads, slot["opt_state"], slot["params"])
         params = optax.apply_updates(slot["params"], updates)
         ctx = ctx.with_slot(self.name, {**slot, "params": params, "opt_state": opt_state})
+        # 1.0 when the loss, a gradient (the norm of a NaN or inf is not finite) or a new parameter is not
+        # finite; the trainer stops on it (emote_jax.faults), without an extra host round trip.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
         return ctx.log_dict(
-            {"loss": loss, "lr": slot["opt_state"].hyperparams["learning_rate"], "grad_norm": grad_norm, **aux},
+            {"loss": loss, "lr": slot["opt_state"].hyperparams["learning_rate"], "grad_norm": grad_norm, **aux,
+             NONFINITE_SUFFIX[1:]: 1.0 - finite.astype(jnp.float32)},
             prefix=f"{self.name}/",
         )
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """A bool scalar: every element of every floating leaf of ``tree`` is finite (True for no leaves)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,9 +23,12 @@ import numpy as np
 
 import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
 from emote_jax.algorithms.sac import make_sac_callbacks
-from emote_jax.callback import HostCallback, TrainingShutdownException
+from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
+from emote_jax.checkpoint import CheckpointLoader, Checkpointer, latest_checkpoint_step
 from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.context import Context
+from emote_jax.evaluation import save_policy
+from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
 from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
 from emote_jax.trainer import Trainer
@@ -66,6 +69,12 @@ class SACConfig:
     eval_episodes: int = 10
     log_interval: int = 1_000
     run_dir: str | None = None
+    log_metrics: bool = True  # TensorBoard, metrics.csv, episodes.csv, learning_curve.png in run_dir
+    metrics_interval: int = 100  # backprop steps between logged scalars
+    wandb_project: str | None = None  # also log to Weights & Biases (pip install 'emote-jax[wandb]')
+    wandb_mode: str | None = None  # e.g. "offline": no account or network needed
+    checkpoint_interval: int = 5_000  # backprop steps between checkpoints in run_dir/checkpoints (0: none)
+    keep_checkpoints: int = 3  # the last N checkpoints are kept
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -76,6 +85,8 @@ class SACConfig:
             ("warmup_steps", self.warmup_steps >= 0), ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0),
             ("steps_per_call", self.steps_per_call >= 1), ("eval_episodes", self.eval_episodes >= 0),
             ("gamma", 0.0 <= self.gamma <= 1.0), ("tau", 0.0 < self.tau <= 1.0), ("log_interval", self.log_interval > 0),
+            ("metrics_interval", self.metrics_interval > 0),
+            ("checkpoint_interval", self.checkpoint_interval >= 0), ("keep_checkpoints", self.keep_checkpoints >= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -130,49 +141,9 @@ class EnvStepBudget(HostCallback):
             raise TrainingShutdownException()
 
 
-class ProgressLines(HostCallback):
-    """Prints one line every ``interval`` env steps: steps, recent return, throughput."""
-
-    def __init__(self, collector: GymCollector, total_env_steps: int, interval: int, out: TextIO = sys.stdout,
-                 name: str = "progress"):
-        super().__init__(name=name, cycle=1, order=900)
-        self.collector, self.total, self.interval, self.out = collector, total_env_steps, interval, out
-        self.rows: list[dict[str, float]] = []
-
-    def begin_training(self, ctx: Context) -> None:
-        self._t0 = self._t_last = time.perf_counter()
-        self._bp_last, self._env_last = ctx.bp_step, self.collector.env_steps
-        self._bp_first, self._env_first = self._bp_last, self._env_last
-        self._next = (self.collector.env_steps // self.interval + 1) * self.interval
-
-    def _line(self, bp_step: int, final: bool = False) -> None:
-        """A progress line over the last interval, or over the whole run when ``final``."""
-        now = time.perf_counter()
-        env_steps = self.collector.env_steps
-        if final:
-            self._t_last, self._bp_last, self._env_last = self._t0, self._bp_first, self._env_first
-        dt = max(now - self._t_last, 1e-9)
-        returns = list(self.collector.episode_returns)[-10:]
-        ret = float(np.mean(returns)) if returns else float("nan")
-        row = {"env_steps": env_steps, "bp_step": bp_step, "return_last10": ret,
-               "updates_per_s": (bp_step - self._bp_last) / dt, "env_steps_per_s": (env_steps - self._env_last) / dt,
-               "elapsed_s": now - self._t0}
-        self.rows.append(row)
-        print(
-            f"{'done, overall:' if final else 'env steps'} {env_steps:>8}/{self.total} | bp step {bp_step:>8} | "
-            f"return (last 10 episodes) {ret:9.1f} | {row['updates_per_s']:7.0f} updates/s | "
-            f"{row['env_steps_per_s']:7.0f} env steps/s | {row['elapsed_s']:6.0f} s",
-            file=self.out, flush=True,
-        )
-        self._t_last, self._bp_last, self._env_last = now, bp_step, env_steps
-
-    def end_cycle(self, ctx: Context) -> None:
-        if self.collector.env_steps >= self._next:
-            self._line(ctx.bp_step)
-            self._next = (self.collector.env_steps // self.interval + 1) * self.interval
-
-    def end_training(self, ctx: Context) -> None:
-        self._line(ctx.bp_step - 1, final=True)
+#: The progress output of ``emote-jax train``: a bar on a terminal, plain lines (the former
+#: ``ProgressLines``) on a pipe or in a file. See :class:`emote_jax.logging.Progress`.
+ProgressLines = Progress
 
 
 @dataclass
@@ -187,12 +158,21 @@ class SACRun:
     loader: MemoryLoader
     policy_net: GaussianPolicy
     progress: ProgressLines | None
+    logger: MetricsLogger | None = None
+    checkpointer: Checkpointer | None = None
 
 
-def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> SACRun:
+def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False,
+              extra_callbacks: Sequence[Callback | HostCallback] = ()) -> SACRun:
     """Assemble env, memory, loader, collector, SAC callbacks and trainer from ``cfg``.
 
-    Every check (spaces, settings) happens here, before anything is compiled.
+    ``extra_callbacks`` (device or host) join the trainer after the recipe's own; their metrics are
+    logged like the others.
+
+    Every check (spaces, settings) happens here, before anything is compiled. With a ``run_dir`` and
+    ``checkpoint_interval > 0`` a :class:`~emote_jax.checkpoint.Checkpointer` writes
+    ``run_dir/checkpoints`` (networks, optimizers, hparams, counters, RNG, collector state, memory);
+    ``resume`` restores the latest of them before training (see docs/decisions/0004).
     """
     cfg.validate()
     env = make_vector_env(cfg)
@@ -225,11 +205,28 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> SACRun:
         if out is not None:
             progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out)
             host.append(progress)
-        trainer = Trainer([*callbacks, *host], loader, steps_per_call=cfg.steps_per_call, seed=cfg.seed)
+        logger = None
+        if cfg.run_dir is not None and cfg.log_metrics:
+            wandb = ({"project": cfg.wandb_project, "mode": cfg.wandb_mode, "config": cfg.to_json()}
+                     if cfg.wandb_project else None)
+            logger = default_logger(cfg.run_dir, collector, log_interval=cfg.metrics_interval, wandb=wandb)
+            host.append(logger)
+        checkpointer = None
+        if cfg.run_dir is not None and cfg.checkpoint_interval > 0:
+            checkpointer = Checkpointer([*callbacks, collector], Path(cfg.run_dir) / "checkpoints",
+                                        cfg.checkpoint_interval, keep=cfg.keep_checkpoints, memory=table)
+            host.append(checkpointer)
+        if resume:
+            if cfg.run_dir is None:
+                raise ValueError("resume needs SACConfig.run_dir (the checkpoints are in run_dir/checkpoints)")
+            host.append(CheckpointLoader([*callbacks, collector], Path(cfg.run_dir) / "checkpoints", memory=table))
+        trainer = Trainer([*callbacks, *host, *extra_callbacks], loader, steps_per_call=cfg.steps_per_call,
+                          seed=cfg.seed)
     except BaseException:
         env.close()
         raise
-    return SACRun(cfg, trainer, collector, env, table, loader, policy_net, progress)
+    return SACRun(cfg, trainer, collector, env, table, loader, policy_net, progress, logger=logger,
+                  checkpointer=checkpointer)
 
 
 def evaluate(cfg: SACConfig, policy_net: GaussianPolicy, params: Any, episodes: int, seed: int) -> list[float]:
@@ -253,13 +250,19 @@ def evaluate(cfg: SACConfig, policy_net: GaussianPolicy, params: Any, episodes: 
     return returns
 
 
-def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> dict[str, Any]:
+def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False) -> dict[str, Any]:
     """Train SAC per ``cfg``, evaluate, write ``config.json`` and ``result.json`` to ``run_dir``.
 
     Returns the result: evaluation returns and their mean, wall time, updates/s, env steps, bp steps.
+    ``resume`` continues from the latest checkpoint in ``run_dir/checkpoints``. A SIGINT/SIGTERM ends
+    training cleanly (final checkpoint, no evaluation; ``result["interrupted_by"]`` names the signal).
     """
     t0 = time.perf_counter()
-    run = build_sac(cfg, out)
+    if resume and out is not None and cfg.run_dir:
+        step = latest_checkpoint_step(Path(cfg.run_dir) / "checkpoints")
+        print(f"resuming from the checkpoint of bp step {step} in {Path(cfg.run_dir) / 'checkpoints'}", file=out,
+              flush=True)
+    run = build_sac(cfg, out, resume=resume)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +277,14 @@ def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> dict[str, Any]
     finally:
         run.env.close()
     bp_steps = run.trainer.bp_step - 1
-    returns = evaluate(cfg, run.policy_net, ctx.state["policy"]["params"], cfg.eval_episodes, seed=cfg.seed + 10_000)
+    interrupted = run.trainer.interrupted_by
+    if interrupted and out is not None:
+        where = f"; final checkpoint in {Path(cfg.run_dir) / 'checkpoints'}" if run.checkpointer is not None else ""
+        print(f"interrupted by {interrupted} at bp step {bp_steps}{where}; no evaluation"
+              + (f". Continue with: emote-jax train --resume --run-dir {cfg.run_dir}" if where else ""),
+              file=out, flush=True)
+    returns = [] if interrupted else evaluate(cfg, run.policy_net, ctx.state["policy"]["params"], cfg.eval_episodes,
+                                              seed=cfg.seed + 10_000)
     result = {
         "env_id": cfg.env_id, "seed": cfg.seed, "env_steps": run.collector.env_steps,
         "vector_steps": run.collector.vector_steps, "bp_steps": bp_steps,
@@ -283,10 +293,17 @@ def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout) -> dict[str, Any]
         "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
         "updates_per_s": bp_steps / train_s if train_s > 0 else None,
         "train_returns_last10": list(run.collector.episode_returns)[-10:],
+        "interrupted_by": interrupted,
     }
     if out is not None and returns:
         print(f"evaluation over {len(returns)} deterministic episodes: mean return {result['eval_mean_return']:.1f} "
               f"(std {result['eval_std_return']:.1f}); trained in {train_s:.0f} s", file=out, flush=True)
     if run_dir is not None:
+        save_policy(run_dir, ctx.state["policy"]["params"])  # what `emote-jax eval RUN_DIR` loads
+        if run.logger is not None:
+            result["compile_s"] = run.logger.compile_s
+            episodes = next((s for s in run.logger.sources if isinstance(s, EpisodeMetrics)), None)
+            if episodes is not None:  # episodes.csv and learning_curve.png
+                write_learning_curve(run_dir, episodes, title=f"SAC on {cfg.env_id}, seed {cfg.seed}")
         (run_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -26,6 +26,7 @@ from emote_jax.callback import (
     overrides,
 )
 from emote_jax.context import Context, PyTree
+from emote_jax.faults import NonFiniteError, SignalShutdown, TrainingAborted, first_nonfinite
 
 TRAINER_SLOT = "trainer"
 
@@ -126,6 +127,8 @@ class Trainer:
         self._loader_stacks = loader_k is not None and loader_k > 1
         self.num_compilations = 0
         self.last_metrics: dict[str, np.ndarray] = {}
+        #: The signal ("SIGINT", "SIGTERM") that ended the last ``train`` early, else None.
+        self.interrupted_by: str | None = None
         key = jax.random.key(seed)
         key, init_key = jax.random.split(key)
         state: dict[str, PyTree] = {TRAINER_SLOT: {"bp_step": jnp.asarray(1, jnp.int32)}}
@@ -256,7 +259,7 @@ class Trainer:
         shape = np.shape(leaves[0])
         return batch, int(shape[1] if stacked else shape[0]) if len(shape) > int(stacked) else 1
 
-    def train(self, shutdown_signal: Callable[[], bool] | None = None) -> Context:
+    def train(self, shutdown_signal: Callable[[], bool] | None = None, *, handle_signals: bool = True) -> Context:
         """Run the loop until the dataloader ends, a shutdown is signalled, or an error.
 
         ``shutdown_signal`` is polled before every compiled call; when it returns True, or when a
@@ -264,8 +267,25 @@ class Trainer:
         runs and ``train`` returns. Any other error runs every ``end_training`` and then propagates
         (as a :class:`CallbackError` naming the callback when it came from a hook).
         Returns the final host context.
+
+        With ``handle_signals`` (on the main thread), a first SIGINT/SIGTERM is a shutdown too: the
+        loop stops at the next step boundary, every ``end_training`` runs (a Checkpointer writes its
+        final checkpoint) and ``train`` returns with :attr:`interrupted_by` set; a second signal raises
+        :class:`~emote_jax.faults.TrainingAborted` at once, without ``end_training``.
+        A step flagged non-finite (a ``<name>/nonfinite`` metric, see :mod:`emote_jax.faults`) raises
+        :class:`~emote_jax.faults.NonFiniteError` naming the callback and the step, before any
+        ``end_cycle`` hook of that call runs.
         """
-        shutdown_signal = shutdown_signal or (lambda: False)
+        self.interrupted_by = None
+        signals = SignalShutdown(enabled=handle_signals)
+        try:
+            with signals:
+                return self._train(shutdown_signal or (lambda: False), signals)
+        finally:
+            self.interrupted_by = signals.received
+
+    def _train(self, shutdown_signal: Callable[[], bool], signals: SignalShutdown) -> Context:
+        """The loop of :meth:`train`."""
         try:
             for cb in self.callbacks:
                 self._host_hook(cb, "restore_state")
@@ -274,17 +294,19 @@ class Trainer:
             it = iter(self.dataloader)
             k = self.steps_per_call
             while True:
+                if signals.received:  # before sampling, so that a resumed run samples what this one would
+                    break
                 try:
                     batches, size = self._next_batches(it)
                 except StopIteration:
                     break
-                if shutdown_signal():
+                if shutdown_signal() or signals.received:
                     break
                 first = self.bp_step
                 steps = range(first, first + k)
                 for step in steps:
                     for cb in self.host_callbacks:
-                        if _cycle_due(step, cb.cycle, begin=True):
+                        if _cycle_due(step, cb.cycle, begin=True) and overrides(cb, "begin_cycle"):  # skip no-ops
                             self._host_hook(cb, "begin_cycle", step)
                 batches = jax.device_put(batches)
                 with warnings.catch_warnings():
@@ -293,12 +315,17 @@ class Trainer:
                 self.ctx = self.ctx.replace(state=state, key=key)
                 self.bp_samples += size * k
                 self.last_metrics = jax.device_get(metrics)
+                bad = first_nonfinite(self.last_metrics, first)
+                if bad is not None:
+                    raise NonFiniteError(*bad)
                 for step in steps:
                     for cb in self.host_callbacks:
-                        if _cycle_due(step, cb.cycle, begin=False):
+                        if _cycle_due(step, cb.cycle, begin=False) and overrides(cb, "end_cycle"):  # skip no-ops
                             self._host_hook(cb, "end_cycle", step)
         except TrainingShutdownException:
             pass
+        except TrainingAborted:
+            raise
         except BaseException:
             self._end_training(raising=True)
             raise

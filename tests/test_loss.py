@@ -58,7 +58,8 @@ def test_fits_sin_to_a_loss_bar(kind):
     ctx = t.train()
     mse = eval_mse(cb.network, ctx.state["fit"]["params"])
     assert mse < 2e-3, mse
-    assert set(ctx.metrics) == {"fit/loss", "fit/lr", "fit/grad_norm", "fit/pred_mean"}
+    assert set(ctx.metrics) == {"fit/loss", "fit/lr", "fit/grad_norm", "fit/pred_mean", "fit/nonfinite"}
+    assert float(np.max(ctx.metrics["fit/nonfinite"])) == 0.0
     np.testing.assert_allclose(ctx.metrics["fit/lr"], 3e-3, rtol=1e-6)
 
 

@@ -31,6 +31,7 @@ with an action that the memory received), ``vector_steps`` counts ``env.step`` c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 from collections import deque
@@ -126,7 +127,8 @@ class GymCollector(HostCallback):
         random_warmup: take the warm-up steps with uniform random actions instead of the policy.
         seed: seeds the env's reset (``env.reset(seed=seed)``: sub-env i gets ``seed + i``), the policy's
             PRNG key and the random warm-up actions.
-        episode_history: how many completed episodes ``episode_returns``/``episode_lengths`` keep.
+        episode_history: how many completed episodes ``episode_returns``/``episode_lengths`` keep
+            (and ``episode_env_steps``: the ``env_steps`` count when each ended).
         close_env: close ``env`` in ``end_training`` (off by default: the caller owns it).
 
     Actions are clipped to ``[-1, 1]``; that clipped action is what the memory stores, and it is rescaled
@@ -197,12 +199,14 @@ class GymCollector(HostCallback):
 
         self.episode_returns: deque[float] = deque(maxlen=episode_history)
         self.episode_lengths: deque[int] = deque(maxlen=episode_history)
+        self.episode_env_steps: deque[int] = deque(maxlen=episode_history)
         self.episodes_completed = 0
         self.env_steps = 0
         self.vector_steps = 0
         self._cycles = 0
         self._vector_steps_in_training = 0
         self._started = False
+        self._resume_pending = False  # set by load_host_state_dict: begin_training restarts episodes
 
     # ---- observation plumbing --------------------------------------------------------------------
     def _batch_to_dict(self, obs: Any) -> dict[str, np.ndarray]:
@@ -279,8 +283,8 @@ class GymCollector(HostCallback):
     def _row(self, obs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
         return {k: v[i].copy() for k, v in obs.items()}
 
-    def _reset(self) -> None:
-        obs, _ = self.env.reset(seed=self.seed)
+    def _reset(self, seed: int | None = None) -> None:
+        obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
         self._obs = self._batch_to_dict(obs)
         self._check_finite(self._obs, "reset")
         self._agents: list[int | None] = [None] * self.num_envs
@@ -344,6 +348,7 @@ class GymCollector(HostCallback):
             closes[agent] = AgentObservation(state, final, reward)
             self.episode_returns.append(float(self._ep_return[i]))
             self.episode_lengths.append(int(self._ep_len[i]))
+            self.episode_env_steps.append(self.env_steps)
             self.episodes_completed += 1
             self._agents[i] = None
             self._pending[i] = None
@@ -396,16 +401,22 @@ class GymCollector(HostCallback):
         return slot["params"]
 
     def _start(self, ctx: Context) -> None:
-        """Reset, validate the policy on the first observation, and take the warm-up steps."""
+        """Reset, validate the policy on the first observation, and take the warm-up steps.
+
+        After :meth:`load_host_state_dict` (a resumed run) it restarts the episodes instead (see
+        :meth:`restart_episodes`) with the seed :meth:`resume_seed` derives from the step, and takes no
+        warm-up steps.
+        """
         params = self._params(ctx)
-        self._flush()  # a second begin_training without end_training: close the old episodes first
-        self._reset()
+        resumed, self._resume_pending = self._resume_pending, False
+        self._flush()  # a second begin_training without end_training, or a resumed run: close the old episodes
+        self._reset(self.resume_seed(self.seed, ctx.bp_step - 1) if resumed else None)
         self._started = True
         self._check_policy_accepts(params)
         key = self._key
         self._policy_actions(params)  # validates the output shape and compiles the policy
         self._key = key
-        for _ in range(self.warmup_steps):
+        for _ in range(0 if resumed else self.warmup_steps):
             self._step(None if self.random_warmup else self._params(ctx))
 
     def _check_policy_accepts(self, params: PyTree) -> None:
@@ -422,8 +433,9 @@ class GymCollector(HostCallback):
             ) from e
 
     def begin_training(self, ctx: Context) -> None:
-        self._cycles = 0
-        self._vector_steps_in_training = 0
+        if not self._resume_pending:  # a resumed run keeps its restored cycle counters
+            self._cycles = 0
+            self._vector_steps_in_training = 0
         self._start(ctx)
 
     def end_cycle(self, ctx: Context) -> None:
@@ -441,6 +453,119 @@ class GymCollector(HostCallback):
         finally:
             if self.close_env:
                 self.env.close()
+
+
+    # ---- exact resume ------------------------------------------------------------------------------
+    @staticmethod
+    def resume_seed(seed: int, bp_step: int) -> int:
+        """The env reset seed of a run resumed after ``bp_step`` completed backprop steps.
+
+        Derived from ``(seed, bp_step)`` with ``np.random.SeedSequence``, so resuming at different steps
+        gives different episodes. A straight run calls ``restart_episodes(resume_seed(seed, N))`` after
+        step N to reproduce exactly a run checkpointed at N and resumed.
+        """
+        return int(np.random.SeedSequence([int(seed), int(bp_step)]).generate_state(1)[0])
+
+    def restart_episodes(self, seed: int) -> None:
+        """Close every running episode as INTERRUPTED (its last transition is kept) and reset every
+        sub-env with ``seed``; new episodes start under fresh agent ids.
+
+        This is what a resumed run does before its first step (an env's state cannot be checkpointed in
+        general); docs/decisions/0004 explains why.
+        """
+        if not self._started:
+            raise RuntimeError(f"{self.name}: restart_episodes called before begin_training")
+        with self.checkpoint_lock():
+            self._flush()
+            self._reset(seed)
+            self._started = True
+
+    def checkpoint_lock(self) -> Any:
+        """A context manager held while a checkpoint snapshots this collector and the memory."""
+        return contextlib.nullcontext()
+
+    def host_state_dict(self) -> dict[str, Any]:
+        """Everything host-side that exact resume needs (NumPy arrays and JSON-able values).
+
+        The sampling RNG and policy key, the step, episode and cycle counters, the episode bookkeeping of
+        every sub-env (agent ids, the pending observation and reward, running return and length), the
+        memory proxy's running episodes and the recent episode statistics. Not the env's own state.
+        """
+        pending = [
+            None if p is None else {"state": int(p.episode_state), "reward": p.reward,
+                                    "observation": {k: v.copy() for k, v in p.array_data.items()}}
+            for p in getattr(self, "_pending", [None] * self.num_envs)
+        ]
+        agents = getattr(self, "_agents", [None] * self.num_envs)
+        return {
+            "version": 1,
+            "num_envs": self.num_envs,
+            "rng_state": self._rng.bit_generator.state,
+            "key_data": np.asarray(jax.random.key_data(self._key)),
+            "key_impl": str(jax.random.key_impl(self._key)),
+            "counters": {"env_steps": self.env_steps, "vector_steps": self.vector_steps,
+                         "episodes_completed": self.episodes_completed, "cycles": self._cycles,
+                         "vector_steps_in_training": self._vector_steps_in_training,
+                         "next_agent": getattr(self, "_next_agent", 0)},
+            "started": self._started,
+            "agents": [None if a is None else int(a) for a in agents],
+            "pending": pending,
+            "ep_return": np.asarray(getattr(self, "_ep_return", np.zeros(self.num_envs)), np.float64),
+            "ep_len": np.asarray(getattr(self, "_ep_len", np.zeros(self.num_envs)), np.int64),
+            "episode_returns": list(self.episode_returns),
+            "episode_lengths": list(self.episode_lengths),
+            "episode_env_steps": list(getattr(self, "episode_env_steps", [])),
+            "memory": self.memory.state_dict() if hasattr(self.memory, "state_dict") else None,
+        }
+
+    def load_host_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`host_state_dict`; the next ``begin_training`` then restarts the episodes.
+
+        Checked first (version, number of sub-envs, observation keys and shapes); unchanged on error.
+        """
+        where = f"{self.name}.load_host_state_dict"
+        if state.get("version") != 1:
+            raise ValueError(f"{where}: expected collector state version 1, got {state.get('version')!r}")
+        if state.get("num_envs") != self.num_envs:
+            raise ValueError(f"{where}: expected a state of {self.num_envs} sub-envs, got {state.get('num_envs')!r}")
+        try:
+            rng = np.random.Generator(getattr(np.random, self._rng.bit_generator.__class__.__name__)())
+            rng.bit_generator.state = state["rng_state"]
+            key = jax.random.wrap_key_data(jnp.asarray(state["key_data"]), impl=state["key_impl"])
+            c = {k: int(v) for k, v in state["counters"].items()}
+            agents = [None if a is None else int(a) for a in state["agents"]]
+            pending = []
+            for p in state["pending"]:
+                if p is None:
+                    pending.append(None)
+                    continue
+                obs = {k: np.asarray(v, np.float32) for k, v in p["observation"].items()}
+                if set(obs) != set(self.obs_keys) or any(obs[k].shape != self.obs_keys[k] for k in obs):
+                    raise ValueError(f"expected pending observations {self.obs_keys}, got "
+                                     f"{ {k: v.shape for k, v in obs.items()} }")
+                pending.append(AgentObservation(EpisodeState(p["state"]), obs, p["reward"]))
+            ep_return = np.asarray(state["ep_return"], np.float64)
+            ep_len = np.asarray(state["ep_len"], np.int64)
+            if len(agents) != self.num_envs or len(pending) != self.num_envs or ep_return.shape != (self.num_envs,):
+                raise ValueError(f"expected per-sub-env lists of length {self.num_envs}")
+            memory_state = state.get("memory")
+            if memory_state is not None and hasattr(self.memory, "load_state_dict"):
+                self.memory.load_state_dict(memory_state)  # checks, then replaces (the last fallible step)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: the saved collector state does not fit this collector: "
+                             f"{type(e).__name__}: {e}") from e
+        self._rng, self._key = rng, key
+        self.env_steps, self.vector_steps = c["env_steps"], c["vector_steps"]
+        self.episodes_completed, self._cycles = c["episodes_completed"], c["cycles"]
+        self._vector_steps_in_training, self._next_agent = c["vector_steps_in_training"], c["next_agent"]
+        self._started = bool(state["started"])
+        self._agents, self._pending, self._ep_return, self._ep_len = agents, pending, ep_return, ep_len
+        for dq, k in ((self.episode_returns, "episode_returns"), (self.episode_lengths, "episode_lengths"),
+                      (getattr(self, "episode_env_steps", None), "episode_env_steps")):
+            if dq is not None:
+                dq.clear()
+                dq.extend(state.get(k, []))
+        self._resume_pending = True
 
 
 class ThreadedGymCollector(GymCollector):
@@ -512,6 +637,7 @@ class ThreadedGymCollector(GymCollector):
         self._bp_done = 0
         self._error: BaseException | None = None
         self._error_raised = False
+        self._step_lock = threading.Lock()
 
     # ---- thread ----------------------------------------------------------------------------------
     def _may_step(self) -> bool:
@@ -528,10 +654,15 @@ class ThreadedGymCollector(GymCollector):
                     if self._stop.is_set():
                         break
                     params = self._thread_params
-                self._step(params)
-                self._vector_steps_in_training += 1
+                with self._step_lock:  # a checkpoint snapshots between two steps, never during one
+                    self._step(params)
+                    self._vector_steps_in_training += 1
         except BaseException as e:  # handed to the training thread
             self._error = e
+
+    def checkpoint_lock(self) -> Any:
+        """Held while a checkpoint snapshots this collector and the memory: the thread waits between steps."""
+        return self._step_lock
 
     def _copy_params(self, ctx: Context) -> PyTree:
         return jax.block_until_ready(jax.tree.map(jnp.copy, self._params(ctx)))

@@ -4,6 +4,13 @@ a loader that samples (K stacked) batches, and a warm-up callback.
 Data flows collector -> :class:`MemoryProxy` -> :class:`ReplayTable` -> :class:`MemoryLoader` -> trainer.
 """
 
+from emote_jax.memory.export import (
+    MemoryExporter,
+    MemoryFormatError,
+    MemoryImporter,
+    export_memory,
+    import_memory,
+)
 from emote_jax.memory.loader import MemoryLoader, MemoryNotReadyError
 from emote_jax.memory.proxy import CompletedEpisode, MemoryProxy
 from emote_jax.memory.table import ReplayTable
@@ -15,9 +22,14 @@ __all__ = [
     "AgentObservation",
     "CompletedEpisode",
     "EpisodeState",
+    "MemoryExporter",
+    "MemoryFormatError",
+    "MemoryImporter",
     "MemoryLoader",
     "MemoryNotReadyError",
     "MemoryProxy",
     "MemoryWarmup",
     "ReplayTable",
+    "export_memory",
+    "import_memory",
 ]

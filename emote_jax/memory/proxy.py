@@ -186,6 +186,43 @@ class MemoryProxy:
             if running.step > 0:
                 self.completed_episodes.append(CompletedEpisode(running.episode_return, running.step, agent_id, False))
 
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The running episodes, for exact resume (fresh arrays; ``completed_episodes`` is not included)::
+
+            {"running": [{"agent_id": int, "episode_id": int, "step": int, "episode_return": float,
+                          "observation": {key: obs_shape}, "action": action_shape}, ...]}
+        """
+        return {
+            "running": [
+                {"agent_id": int(agent_id), "episode_id": int(r.episode_id), "step": int(r.step),
+                 "episode_return": float(r.episode_return),
+                 "observation": {k: v.copy() for k, v in r.observation.items()}, "action": r.action.copy()}
+                for agent_id, r in self._running.items()
+            ]
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the running episodes with those of :meth:`state_dict` (checked first; unchanged on error)."""
+        where = "MemoryProxy.load_state_dict"
+        try:
+            entries = list(state["running"])
+            running: dict[AgentId, _Running] = {}
+            for e in entries:
+                at = f"{where}: agent {e['agent_id']}"
+                obs = self._check_observation(e["observation"], at)
+                action = _checks.array_like(e["action"], "action", self._table.action_shape, self._table.action_dtype, at)
+                if action.dtype != self._table.action_dtype:
+                    raise TypeError(f"{at}: expected action of dtype {self._table.action_dtype}, got {action.dtype}")
+                running[int(e["agent_id"])] = _Running(int(e["episode_id"]), int(e["step"]), obs,
+                                                       action.copy(), float(e["episode_return"]))
+        except (KeyError, TypeError) as e:
+            if isinstance(e, TypeError) and str(e).startswith(where):
+                raise
+            raise ValueError(f"{where}: expected {{'running': [{{agent_id, episode_id, step, episode_return, "
+                             f"observation, action}}, ...]}}, got a malformed state ({type(e).__name__}: {e})") from None
+        self._running = running
+
     # ---- checks ----------------------------------------------------------------------------------
     def _check_observation(self, data: Any, at: str) -> dict[str, np.ndarray]:
         spec = self._table.observation_spec

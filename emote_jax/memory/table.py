@@ -334,6 +334,138 @@ class ReplayTable:
                 "truncated": bool(self._truncated[last]),
             }
 
+    # ---- state export / import -------------------------------------------------------------------
+    def column_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """``{column name: (per-row shape, dtype)}`` of every column :meth:`state_dict` exports.
+
+        Names: ``observation/<key>``, ``next_observation/<key>``, ``actions``, ``rewards``, ``terminated``,
+        ``truncated``, ``next_row``, ``episode``, ``step``, ``agent``.
+        """
+        spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for k, (shape, dtype) in self._obs_spec.items():
+            spec[f"observation/{k}"] = (shape, dtype)
+        for k, (shape, dtype) in self._obs_spec.items():
+            spec[f"next_observation/{k}"] = (shape, dtype)
+        spec["actions"] = (self._action_shape, self._action_dtype)
+        spec["rewards"] = ((), np.dtype(np.float32))
+        for name in ("terminated", "truncated"):
+            spec[name] = ((), np.dtype(bool))
+        for name in ("next_row", "episode", "step", "agent"):
+            spec[name] = ((), np.dtype(np.int64))
+        return spec
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        cols = {f"observation/{k}": v for k, v in self._obs.items()}
+        cols.update({f"next_observation/{k}": v for k, v in self._next_obs.items()})
+        cols.update(actions=self._actions, rewards=self._rewards, terminated=self._terminated,
+                    truncated=self._truncated, next_row=self._next_row, episode=self._row_episode,
+                    step=self._row_step, agent=self._row_agent)
+        return cols
+
+    def state_dict(self) -> dict[str, Any]:
+        """A consistent snapshot (fresh arrays) from which :meth:`load_state_dict` rebuilds this table exactly.
+
+        Returns::
+
+            capacity, size, head, next_episode_id   ints
+            observation_spec   {key: (shape, dtype)}, action_shape, action_dtype
+            columns            {name: (size, *row_shape)} for every name of :meth:`column_spec` (live rows only)
+            tips               (M, 2) int64: (episode id, latest row) of each running episode
+            rng_state          the sampler's ``bit_generator.state`` (a JSON-serialisable dict)
+        """
+        with self._lock:
+            n = self._size
+            return {
+                "capacity": self._capacity,
+                "size": n,
+                "head": self._head,
+                "next_episode_id": self._next_episode_id,
+                "observation_spec": self.observation_spec,
+                "action_shape": self._action_shape,
+                "action_dtype": self._action_dtype,
+                "columns": {name: col[:n].copy() for name, col in self._columns().items()},
+                "tips": np.array(sorted(self._tips.items()), np.int64).reshape(-1, 2),
+                "rng_state": _copy_json(self._rng.bit_generator.state),
+            }
+
+    def load_state_dict(
+        self, state: Mapping[str, Any], where: str = "ReplayTable.load_state_dict", *, check_only: bool = False
+    ) -> None:
+        """Replace the table's content with a :meth:`state_dict` snapshot (of a table with the same layout).
+
+        Everything is checked first (capacity, observation spec, action shape/dtype, every column's
+        presence, dtype and shape, the ring position and the episode links); on any problem a
+        ValueError/TypeError names it and the table is unchanged. ``check_only`` stops after the checks.
+        """
+        try:
+            capacity, size, head, next_eid = (int(state[k]) for k in ("capacity", "size", "head", "next_episode_id"))
+            columns, tips, rng_state = state["columns"], np.asarray(state["tips"]), state["rng_state"]
+            obs_spec = _normalise_spec(state["observation_spec"], where)
+            action_shape = _normalise_shape(state["action_shape"], "action_shape", where)
+            action_dtype = np.dtype(state["action_dtype"])
+        except KeyError as e:
+            raise ValueError(f"{where}: expected a table state with the entry {e.args[0]!r}, it is missing") from None
+        if capacity != self._capacity:
+            raise ValueError(f"{where}: expected a table of capacity {self._capacity}, got one of capacity {capacity}")
+        if obs_spec != self._obs_spec:
+            raise ValueError(f"{where}: expected observation_spec {self._obs_spec}, got {obs_spec}")
+        if action_shape != self._action_shape or action_dtype != self._action_dtype:
+            raise ValueError(
+                f"{where}: expected actions {self._action_dtype}{list(self._action_shape)}, "
+                f"got {action_dtype}{list(action_shape)}"
+            )
+        if not 0 <= size <= capacity:
+            raise ValueError(f"{where}: expected 0 <= size <= capacity={capacity}, got size {size}")
+        if (size < capacity and head != size) or not 0 <= head < capacity:
+            raise ValueError(
+                f"{where}: expected the ring position head == size ({size}) until the ring is full, and "
+                f"0 <= head < {capacity}; got head {head}"
+            )
+        spec = self.column_spec()
+        if not isinstance(columns, Mapping) or set(columns) != set(spec):
+            got = set(columns) if isinstance(columns, Mapping) else set()
+            raise ValueError(
+                f"{where}: expected the columns {sorted(spec)}; missing {sorted(set(spec) - got)}, "
+                f"unexpected {sorted(got - set(spec))}"
+            )
+        cols: dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in spec.items():
+            arr = columns[name]
+            if not isinstance(arr, np.ndarray) or arr.dtype != dtype:
+                got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise TypeError(f"{where}: column {name!r}: expected dtype {dtype}, got {got}")
+            if arr.shape != (size, *shape):
+                raise ValueError(f"{where}: column {name!r}: expected shape {(size, *shape)}, got {arr.shape}")
+            cols[name] = arr
+        nxt, eps, steps = cols["next_row"], cols["episode"], cols["step"]
+        rows = np.arange(size)
+        if np.any((nxt < -1) | (nxt >= size) | ((nxt >= 0) & (nxt == rows))):
+            raise ValueError(f"{where}: column 'next_row': expected -1 or another live row in [0, {size}), got others")
+        if np.any(steps < 0):
+            raise ValueError(f"{where}: column 'step': expected steps >= 0, got {int(steps.min())}")
+        if tips.ndim != 2 or tips.shape[1:] != (2,) or tips.dtype.kind not in "iu":
+            raise ValueError(f"{where}: expected tips as ints of shape (M, 2), got {tips.dtype} {tips.shape}")
+        tip_map = {int(e): int(r) for e, r in tips.tolist()}
+        for eid, row in tip_map.items():
+            if not (0 <= row < size and eps[row] == eid and nxt[row] == -1
+                    and not cols["terminated"][row] and not cols["truncated"][row]):
+                raise ValueError(f"{where}: tip of episode {eid} at row {row} is not the open end of that episode")
+        if len(tip_map) != len(tips):
+            raise ValueError(f"{where}: expected one tip per running episode, got duplicate episode ids")
+        rng = _rng_from_state(rng_state, where)
+        ids, counts = np.unique(eps, return_counts=True)
+        if check_only:
+            return
+
+        with self._lock:
+            for name, col in self._columns().items():  # the preallocated arrays keep their identity
+                col[:size] = cols[name]
+                col[size:] = -1 if col.dtype == np.int64 else 0
+            self._head, self._size, self._next_episode_id = head, size, next_eid
+            self._tips = tip_map
+            self._episode_rows = dict(zip(ids.tolist(), counts.tolist()))
+            self._rng = rng
+
     # ---- internals (called with the lock held) ---------------------------------------------------
     def _forget_rows(self, rows: np.ndarray) -> None:
         """Bookkeeping for live rows about to be overwritten (the oldest ones)."""
@@ -455,3 +587,33 @@ def _normalise_spec(spec: ObservationSpec, where: str) -> dict[str, tuple[tuple[
             raise ValueError(f"{where}: expected observation_spec[{key!r}] = (shape, dtype), got {entry!r}") from None
         out[key] = (_normalise_shape(shape, f"observation_spec[{key!r}] shape", where), np.dtype(dtype))
     return out
+
+
+#: Bit generators a saved sampler state may name (all of NumPy's; nothing else is ever constructed).
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-like value (dicts, lists, numbers), NumPy ints and arrays made plain."""
+    if isinstance(value, Mapping):
+        return {str(k): _copy_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _rng_from_state(state: Any, where: str) -> np.random.Generator:
+    """A ``np.random.Generator`` whose bit generator has the saved ``state`` (a clear error otherwise)."""
+    name = state.get("bit_generator") if isinstance(state, Mapping) else None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"{where}: expected a sampler RNG state of one of {_BIT_GENERATORS}, got {name!r}")
+    bit_gen = getattr(np.random, name)()
+    try:
+        bit_gen.state = _copy_json(state)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{where}: the sampler RNG state is not a valid {name} state: {e}") from None
+    return np.random.Generator(bit_gen)

@@ -1,0 +1,444 @@
+"""Loggers: host callbacks that write the metrics of training to TensorBoard, CSV, the terminal or W&B.
+
+Metrics leave the device once per compiled call: the trainer brings the K values of every metric of a
+call back as NumPy arrays of shape ``(K,)`` (``ctx.metrics`` in host hooks, ``trainer.last_metrics``),
+value ``i`` being the one of backprop step ``first + i``. A :class:`MetricsLogger` consumes them on the
+host, with no extra device round trip:
+
+* every value goes into a window of the last ``window`` (250, as the reference) finite values of its
+  metric;
+* every ``log_interval`` backprop steps it writes, for each device metric, the value of that very step
+  (tag ``name``) and the mean of its window (tag ``name/windowed``), plus the scalars of its host
+  :mod:`sources <emote_jax.logging.sources>` (episodes, throughput, system) and, once, the wall time of
+  the first compiled call (``performance/compile_s``: from this logger's ``begin_training`` to its first
+  ``end_cycle``, which is tracing, compiling and running the first call, plus sampling its batches and
+  the host hooks around it: milliseconds against seconds);
+* every ``histogram_interval`` backprop steps it writes histograms: the parameters of every state slot
+  that has ``"params"`` (``params/<slot>/<path>``) and those its sources give (episode returns);
+* at the end of training it writes the last step (and the rest of the last call's values).
+
+Values that are not finite are left out: a device cycle hook's metric is NaN on the steps that the hook
+did not run.
+
+Writes go to one or more :mod:`writers <emote_jax.logging.writers>`. The named loggers below are a
+:class:`MetricsLogger` with one writer each, under the reference's names (``TensorboardLogger``,
+``TerminalLogger``, ``WBLogger``); give one logger several writers to share the sources' work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+
+from emote_jax.callback import HostCallback
+from emote_jax.context import Context
+from emote_jax.logging.sources import MetricSource
+from emote_jax.logging.writers import (
+    CSVWriter,
+    MetricWriter,
+    TensorboardWriter,
+    TerminalWriter,
+    WandbWriter,
+)
+
+
+class Window:
+    """The last ``size`` finite values of one metric, in a NumPy ring buffer."""
+
+    def __init__(self, size: int):
+        self.size = int(size)
+        self._buf = np.zeros(self.size, np.float64)
+        self._pos = 0
+        self.count = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Append the finite entries of the 1-D array ``values`` (in order)."""
+        values = np.asarray(values, np.float64).reshape(-1)
+        values = values[np.isfinite(values)]
+        n = values.size
+        if n == 0:
+            return
+        if n >= self.size:
+            self._buf[:] = values[-self.size:]
+            self._pos, self.count = 0, self.size
+            return
+        idx = (self._pos + np.arange(n)) % self.size
+        self._buf[idx] = values
+        self._pos = (self._pos + n) % self.size
+        self.count = min(self.count + n, self.size)
+
+    def values(self) -> np.ndarray:
+        """The values held, oldest first."""
+        if self.count < self.size:
+            return self._buf[: self.count].copy()
+        return np.roll(self._buf, -self._pos)
+
+    def mean(self) -> float:
+        """The mean of the values held (NaN if none)."""
+        if self.count == 0:
+            return float("nan")
+        return float(self._buf[: self.count].mean()) if self.count < self.size else float(self._buf.mean())
+
+
+def _param_leaves(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``params/<slot>/<path>`` -> array for every slot that has ``"params"``."""
+    out = {}
+    for slot, value in state.items():
+        if not isinstance(value, Mapping) or "params" not in value:
+            continue
+        for path, leaf in jax.tree_util.tree_flatten_with_path(value["params"])[0]:
+            parts = [str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path]
+            if parts and parts[0] == "params":  # Flax Linen's collection name: params/q1/params/... reads badly
+                parts = parts[1:]
+            keys = "/".join(parts)
+            out[f"params/{slot}/{keys}" if keys else f"params/{slot}"] = leaf
+    return out
+
+
+class MetricsLogger(HostCallback):
+    """Writes device metrics and host sources to ``writers`` every ``log_interval`` backprop steps.
+
+    Args:
+        writers: where to write (:class:`~emote_jax.logging.writers.MetricWriter` instances).
+        log_interval: backprop steps between written scalars (the reference's ``log_interval``).
+        window: values per metric in the windowed mean (the reference: 250).
+        histogram_interval: backprop steps between histograms; None for none.
+        sources: host metric sources (each serves this logger only).
+        include: glob patterns (``fnmatch``) of the scalar tags to write; None for all.
+        exclude: glob patterns of scalar tags not to write.
+        param_histograms: histogram the parameters of every slot with ``"params"``.
+        windowed, not_windowed: glob patterns of the device metrics that get a ``name/windowed`` tag
+            (default: all but learning rates, the target entropy and non-finite flags, which a window
+            only repeats).
+        name, order: as for every callback; order 950 runs after collectors (so episodes finished at a
+            step are counted at that step).
+
+    After training, :attr:`compile_s` holds the wall time of the first compiled call and
+    :attr:`last_scalars` the scalars written last.
+    """
+
+    def __init__(
+        self,
+        writers: Sequence[MetricWriter],
+        *,
+        log_interval: int = 100,
+        window: int = 250,
+        histogram_interval: int | None = 1000,
+        sources: Sequence[MetricSource] = (),
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        param_histograms: bool = True,
+        windowed: Sequence[str] = ("*",),
+        not_windowed: Sequence[str] = ("*/lr", "*/target_entropy", "*/nonfinite"),
+        name: str = "metrics_logger",
+        order: int = 950,
+    ):
+        super().__init__(name=name, order=order, cycle=1)
+        writers = list(writers)
+        for w in writers:
+            if not isinstance(w, MetricWriter):
+                raise TypeError(f"{name}: expected MetricWriter instances, got {type(w).__name__}: {w!r}")
+        for what, v in (("log_interval", log_interval), ("window", window)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected {what} to be an int >= 1, got {v!r}")
+        if histogram_interval is not None and (not isinstance(histogram_interval, int) or histogram_interval < 1):
+            raise ValueError(f"{name}: expected histogram_interval None or an int >= 1, got {histogram_interval!r}")
+        self.writers = writers
+        self.log_interval = log_interval
+        self.window = window
+        self.histogram_interval = histogram_interval
+        self.sources: list[MetricSource] = []
+        for s in sources:
+            self.add_source(s)
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude)
+        self.param_histograms = param_histograms
+        self.windowed, self.not_windowed = list(windowed), list(not_windowed)
+        self._window_wanted: dict[str, bool] = {}
+        self._tag_wanted: dict[str, bool] = {}
+        self.compile_s: float | None = None
+        self.last_scalars: dict[str, float] = {}
+        self._reset()
+
+    def add_source(self, source: MetricSource) -> None:
+        """Add a host metric source (before training)."""
+        if not isinstance(source, MetricSource):
+            raise TypeError(f"{self.name}: expected a MetricSource, got {type(source).__name__}: {source!r}")
+        source.attach(self.name)
+        self.sources.append(source)
+
+    def _reset(self) -> None:
+        self._windows: dict[str, Window] = {}
+        self._metrics: Mapping[str, Any] | None = None
+        self._pending: list[list[Any]] = []  # [the call's arrays, first step, K, values already ingested]
+        self._names: tuple[str, ...] = ()
+        self._values: list[Any] = []  # the current call's arrays, in the order of _names
+        self._first = 0
+        self._k = 0
+        self._last_logged = 0
+        self._t_call: float | None = None
+        self._compile_logged = False
+        self._open = False
+
+    # ---- selection -----------------------------------------------------------------------------------
+    def _wanted(self, tag: str) -> bool:
+        wanted = self._tag_wanted.get(tag)
+        if wanted is None:
+            included = self.include is None or any(fnmatch.fnmatchcase(tag, p) for p in self.include)
+            wanted = included and not any(fnmatch.fnmatchcase(tag, p) for p in self.exclude)
+            self._tag_wanted[tag] = wanted
+        return wanted
+
+    def _is_windowed(self, name: str) -> bool:
+        wanted = self._window_wanted.get(name)
+        if wanted is None:
+            wanted = any(fnmatch.fnmatchcase(name, p) for p in self.windowed) and not any(
+                fnmatch.fnmatchcase(name, p) for p in self.not_windowed)
+            self._window_wanted[name] = wanted
+        return wanted
+
+    # ---- the metrics of compiled calls ----------------------------------------------------------------
+    # Per call only the list of its arrays is kept (about a microsecond); at log steps (or every
+    # _MAX_PENDING calls) one concatenate stacks all pending calls and each metric's values go into its
+    # window with one Window.add: no Python work per metric per call.
+    _MAX_PENDING = 256
+
+    def _take_call(self, metrics: Mapping[str, Any], first: int) -> None:
+        """Start on the metrics of a new compiled call whose first step is ``first``."""
+        names = tuple(metrics)
+        if names != self._names or len(self._pending) >= self._MAX_PENDING:
+            self._ingest_until(first - 1)  # before the layout changes: what is pending has the old one
+            self._names = names
+        values = list(metrics.values())
+        k = 0
+        if values:
+            shape = np.shape(values[0])
+            if len(shape) != 1:
+                self._raise_shape(metrics, 1, first)
+            k = shape[0]
+            self._pending.append([values, first, k, 0])
+        self._metrics, self._values, self._first, self._k = metrics, values, first, k
+
+    def _ingest_until(self, step: int) -> None:
+        """Put every pending value of a step <= ``step`` into the windows."""
+        take, keep = [], []
+        for entry in self._pending:
+            values, first, k, lo = entry
+            hi = min(k, step - first + 1)
+            if hi < k:
+                keep.append(entry)
+            if hi > lo:
+                take.append((values, first, k, lo, hi))
+                entry[3] = hi
+        self._pending = keep
+        if not take:
+            return
+        n, k = len(self._names), take[0][2]
+        try:
+            flat = np.concatenate([v for t in take for v in t[0]])
+            ok = all(t[2] == k for t in take) and flat.shape == (len(take) * n * k,)
+        except ValueError:
+            ok = False
+        if not ok:
+            for values, first, k_call, _lo, _hi in take:
+                self._raise_shape(dict(zip(self._names, values)), k_call, first, quiet=True)
+            raise ValueError(f"{self.name}: the metrics of calls of different lengths cannot be stacked")
+        per_metric = flat.reshape(len(take), n, k).transpose(1, 0, 2)  # (n_metrics, calls, K)
+        if all(lo == 0 and hi == k for *_, lo, hi in take):
+            rows = per_metric.reshape(n, -1)
+        else:  # the first call may be partly taken already, the last one only up to `step`
+            idx = np.arange(k)
+            rows = per_metric[:, np.stack([(idx >= lo) & (idx < hi) for *_, lo, hi in take])]
+        for name, row in zip(self._names, rows):
+            w = self._windows.get(name)
+            if w is None:
+                w = self._windows[name] = Window(self.window)
+            w.add(row)
+
+    def _raise_shape(self, metrics: Mapping[str, Any], k: int, first: int, quiet: bool = False) -> None:
+        """Raise for the first metric not of shape ``(k,)``; with ``quiet``, return if there is none."""
+        for name, value in metrics.items():
+            if np.shape(value) != (k,):
+                raise ValueError(
+                    f"{self.name}: expected every host metric to have shape ({k},) (one value per step of the "
+                    f"compiled call starting at bp_step {first}), got {name!r} with shape {np.shape(value)}"
+                )
+        if not quiet:
+            raise ValueError(f"{self.name}: the metrics of the call starting at bp_step {first} cannot be stacked")
+
+    def _is_new_call(self, ctx: Context) -> bool:
+        if ctx.metrics is not self._metrics:
+            return True
+        return not (self._first <= ctx.bp_step < self._first + max(self._k, 1))
+
+    # ---- writing -------------------------------------------------------------------------------------
+    def _log(self, ctx: Context, step: int) -> None:
+        self._ingest_until(step)
+        idx = step - self._first
+        scalars: dict[str, float] = {}
+        if self._metrics and 0 <= idx < self._k:
+            for name, a in zip(self._names, self._values):
+                v = float(a[idx])
+                if math.isfinite(v):
+                    scalars[name] = v
+        for name, w in self._windows.items():
+            if w.count and self._is_windowed(name):
+                scalars[f"{name}/windowed"] = w.mean()
+        for src in self.sources:
+            for tag, v in src.read(ctx, step).items():
+                if np.isfinite(v):
+                    scalars[tag] = float(v)
+        if self.compile_s is not None and not self._compile_logged:
+            scalars["performance/compile_s"] = self.compile_s
+            self._compile_logged = True
+        scalars = {k: v for k, v in scalars.items() if self._wanted(k)}
+        self.last_scalars = scalars
+        for w in self.writers:
+            w.write_scalars(step, scalars)
+        if self.histogram_interval is not None and step % self.histogram_interval == 0:
+            self._log_histograms(ctx, step)
+        self._last_logged = step
+
+    def _log_histograms(self, ctx: Context, step: int) -> None:
+        hists: dict[str, np.ndarray] = {}
+        if self.param_histograms:
+            leaves = _param_leaves(ctx.state)
+            for tag, arr in zip(leaves, jax.device_get(list(leaves.values()))):
+                hists[tag] = np.asarray(arr)
+        for src in self.sources:
+            hists.update(src.histograms(ctx, step))
+        hists = {k: v for k, v in hists.items() if self._wanted(k)}
+        if hists:
+            for w in self.writers:
+                w.write_histograms(step, hists)
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def begin_training(self, ctx: Context) -> None:
+        self._reset()
+        self.compile_s = None
+        for w in self.writers:
+            w.open(ctx.bp_step)
+        self._open = True
+        self._last_logged = ctx.bp_step - 1
+        for src in self.sources:
+            src.begin_training(ctx)
+        self._t_call = time.perf_counter()  # the first compiled call follows (compile_s)
+
+    def end_cycle(self, ctx: Context) -> None:
+        if self._is_new_call(ctx):
+            if self.compile_s is None and self._t_call is not None:
+                self.compile_s = time.perf_counter() - self._t_call
+            self._take_call(ctx.metrics, ctx.bp_step)
+        for src in self.sources:
+            src.poll(ctx)
+        if ctx.bp_step % self.log_interval == 0:
+            self._log(ctx, ctx.bp_step)
+
+    def end_training(self, ctx: Context) -> None:
+        if not self._open:
+            return
+        try:
+            last = ctx.bp_step - 1  # the last step run
+            if ctx.metrics and ctx.metrics is not self._metrics:  # a call whose end_cycle this logger missed
+                shape = np.shape(next(iter(ctx.metrics.values())))
+                self._take_call(ctx.metrics, last - (shape[0] if len(shape) == 1 else 1) + 1)
+            for src in self.sources:
+                src.poll(ctx)
+            if last > self._last_logged:
+                self._log(ctx, last)
+                if self.histogram_interval is not None and last % self.histogram_interval:
+                    self._log_histograms(ctx, last)
+            self._ingest_until(last)
+        finally:
+            self._open = False
+            errors = []
+            for w in self.writers:
+                try:
+                    w.close()
+                except Exception as e:  # close every writer, then report the first failure
+                    errors.append(e)
+            if errors:
+                raise errors[0]
+
+
+class TensorboardLogger(MetricsLogger):
+    """TensorBoard event files in ``log_dir`` (tensorboardX). Keywords as :class:`MetricsLogger`."""
+
+    def __init__(self, log_dir: str | Path, *, name: str = "tensorboard_logger", flush_secs: int = 10, **kw: Any):
+        super().__init__([TensorboardWriter(log_dir, flush_secs=flush_secs)], name=name, **kw)
+
+
+class CSVLogger(MetricsLogger):
+    """A wide CSV file at ``path`` (one row per log step). Keywords as :class:`MetricsLogger`."""
+
+    def __init__(self, path: str | Path, *, name: str = "csv_logger", **kw: Any):
+        kw.setdefault("histogram_interval", None)
+        super().__init__([CSVWriter(path)], name=name, **kw)
+
+
+class TerminalLogger(MetricsLogger):
+    """A text line per log step to ``out`` (None: the Python logger ``emote_jax``, level INFO).
+
+    Keywords as :class:`MetricsLogger`; ``log_interval`` defaults to 1000 here.
+    """
+
+    def __init__(self, out: TextIO | None = None, *, name: str = "terminal_logger", windowed: bool = False,
+                 **kw: Any):
+        kw.setdefault("log_interval", 1000)
+        kw.setdefault("histogram_interval", None)
+        super().__init__([TerminalWriter(out, windowed=windowed)], name=name, **kw)
+
+
+class WBLogger(MetricsLogger):
+    """Weights & Biases (optional dependency ``wandb``). ``mode="offline"`` needs no account.
+
+    Args:
+        project, run_name, config, mode, dir: for ``wandb.init``.
+        Further keywords as :class:`MetricsLogger`.
+    """
+
+    def __init__(self, project: str | None = None, run_name: str | None = None,
+                 config: Mapping[str, Any] | None = None, mode: str | None = None, dir: str | Path | None = None,
+                 *, name: str = "wb_logger", **kw: Any):
+        writer = WandbWriter(project=project, name=run_name, config=config, mode=mode, dir=dir)
+        super().__init__([writer], name=name, **kw)
+
+
+def default_logger(
+    run_dir: str | Path,
+    collector: Any | None = None,
+    *,
+    log_interval: int = 100,
+    histogram_interval: int | None = 1000,
+    system_interval: int = 1000,
+    wandb: Mapping[str, Any] | None = None,
+    name: str = "metrics_logger",
+) -> MetricsLogger:
+    """The logger ``emote-jax train`` uses: TensorBoard (``run_dir/tensorboard``) and ``run_dir/metrics.csv``,
+    plus W&B when ``wandb`` (keywords of :class:`~emote_jax.logging.writers.WandbWriter`) is given.
+
+    Sources: :class:`~emote_jax.logging.sources.EpisodeMetrics` and
+    :class:`~emote_jax.logging.sources.ThroughputMetrics` of ``collector`` (when given) and
+    :class:`~emote_jax.logging.sources.SystemMetrics` every ``system_interval`` backprop steps.
+    """
+    from emote_jax.logging.sources import EpisodeMetrics, SystemMetrics, ThroughputMetrics
+
+    run_dir = Path(run_dir)
+    writers: list[MetricWriter] = [TensorboardWriter(run_dir / "tensorboard"), CSVWriter(run_dir / "metrics.csv")]
+    if wandb is not None:
+        writers.append(WandbWriter(**{"dir": run_dir, "name": run_dir.name, **dict(wandb)}))
+    sources: list[MetricSource] = []
+    if collector is not None:
+        sources += [EpisodeMetrics(collector), ThroughputMetrics(collector)]
+    else:
+        sources.append(ThroughputMetrics())
+    sources.append(SystemMetrics(system_interval))
+    return MetricsLogger(writers, log_interval=log_interval, histogram_interval=histogram_interval,
+                         sources=sources, name=name)

@@ -1,0 +1,282 @@
+"""Loggers: device metrics (K per compiled call) and host sources reach TensorBoard, CSV and the terminal
+with the right values at the right steps; read back from the event files without TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import deque
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emote_jax import Callback, HostCallback, Trainer
+from emote_jax.logging import (
+    CSVLogger,
+    EpisodeMetrics,
+    MetricsLogger,
+    SystemMetrics,
+    TensorboardLogger,
+    TerminalLogger,
+    ThroughputMetrics,
+    Window,
+    read_histograms,
+    read_scalars,
+)
+from emote_jax.logging.writers import MetricWriter
+
+
+class StepValue(Callback):
+    """Logs ``value = bp_step`` every step and ``sparse = 10 * bp_step`` from a cycle-3 end_cycle hook."""
+
+    def init_state(self, key):
+        return {"params": {"w": jnp.arange(6.0).reshape(2, 3)}}
+
+    def backward(self, ctx):
+        return ctx.log(**{"s/value": ctx.bp_step.astype(jnp.float32)})
+
+
+class Sparse(Callback):
+    def end_cycle(self, ctx):
+        return ctx.log(**{"s/sparse": 10.0 * ctx.bp_step.astype(jnp.float32)})
+
+
+def loader(n_calls: int, k: int):
+    for _ in range(n_calls):
+        yield {"x": np.zeros((k, 4, 1), np.float32)}
+
+
+class StackedLoader:
+    def __init__(self, n_calls: int, k: int):
+        self.n_calls, self.steps_per_call = n_calls, k
+
+    def __iter__(self):
+        return loader(self.n_calls, self.steps_per_call)
+
+
+class Recorder(MetricWriter):
+    def __init__(self):
+        self.scalars: dict[int, dict[str, float]] = {}
+        self.hists: dict[int, dict[str, np.ndarray]] = {}
+        self.opened = self.closed = 0
+
+    def open(self, start_step=1):
+        self.opened += 1
+
+    def write_scalars(self, step, scalars):
+        self.scalars.setdefault(step, {}).update(scalars)
+
+    def write_histograms(self, step, histograms):
+        self.hists.setdefault(step, {}).update(histograms)
+
+    def close(self):
+        self.closed += 1
+
+
+def run(loggers, n_calls=30, k=4):
+    trainer = Trainer([StepValue(name="s"), Sparse(name="sparse", cycle=3), *loggers], StackedLoader(n_calls, k))
+    trainer.train()
+    return trainer
+
+
+def test_window_keeps_the_last_finite_values_in_order():
+    w = Window(5)
+    w.add(np.array([1.0, np.nan, 2.0]))
+    assert w.count == 2 and w.mean() == 1.5
+    w.add(np.arange(3.0, 7.0))  # 1 2 3 4 5 6 -> keeps 2..6
+    np.testing.assert_array_equal(w.values(), [2, 3, 4, 5, 6])
+    assert w.mean() == 4.0
+    w.add(np.arange(100.0, 112.0))
+    np.testing.assert_array_equal(w.values(), np.arange(107.0, 112.0))
+    assert math.isnan(Window(3).mean())
+
+
+def test_each_of_the_k_values_lands_at_its_own_step_with_a_window_of_250():
+    rec = Recorder()
+    logger = MetricsLogger([rec], log_interval=10, window=250, histogram_interval=40)
+    run([logger], n_calls=100, k=4)  # 400 steps
+    assert rec.opened == 1 and rec.closed == 1
+    assert sorted(rec.scalars) == list(range(10, 401, 10))
+    for step, s in rec.scalars.items():
+        assert s["s/value"] == step  # the value of that very step, from inside a call of 4
+        lo = max(1, step - 249)
+        assert s["s/value/windowed"] == pytest.approx(np.mean(np.arange(lo, step + 1)))
+    # a cycle-3 hook's metric is NaN on 2 of 3 steps: the raw value only where it ran, the window over those
+    assert "s/sparse" in rec.scalars[30] and "s/sparse" not in rec.scalars[20]
+    assert rec.scalars[30]["s/sparse"] == 300
+    assert rec.scalars[30]["s/sparse/windowed"] == pytest.approx(10 * np.mean(np.arange(3, 31, 3)))
+    assert rec.scalars[400]["s/sparse/windowed"] == pytest.approx(10 * np.mean(np.arange(3, 400, 3)))
+    # histograms of the parameters every 40 steps, and at the end
+    assert sorted(rec.hists) == list(range(40, 401, 40))
+    np.testing.assert_array_equal(rec.hists[40]["params/s/w"], np.arange(6.0).reshape(2, 3))
+    assert logger.compile_s is not None and logger.compile_s > 0
+    assert rec.scalars[10]["performance/compile_s"] == logger.compile_s
+    assert all("performance/compile_s" not in rec.scalars[s] for s in range(20, 401, 10))
+
+
+def test_the_last_step_is_written_at_the_end_even_off_the_interval():
+    rec = Recorder()
+    run([MetricsLogger([rec], log_interval=100, histogram_interval=None)], n_calls=13, k=4)  # 52 steps
+    assert sorted(rec.scalars) == [52]
+    assert rec.scalars[52]["s/value"] == 52
+    assert rec.scalars[52]["s/value/windowed"] == pytest.approx(np.mean(np.arange(1, 53)))
+
+
+def test_tensorboard_event_files_read_back_with_values_at_their_steps(tmp_path):
+    logger = TensorboardLogger(tmp_path / "tb", log_interval=8, histogram_interval=16,
+                               sources=[ThroughputMetrics(), SystemMetrics(interval=16)])
+    run([logger], n_calls=12, k=4)  # 48 steps
+    scalars = read_scalars(tmp_path / "tb")
+    assert [s for s, _ in scalars["s/value"]] == [8, 16, 24, 32, 40, 48]
+    assert [v for _, v in scalars["s/value"]] == [8, 16, 24, 32, 40, 48]
+    assert scalars["s/value/windowed"][-1] == (48, pytest.approx(24.5))
+    for tag in ("performance/bp_steps_per_s", "performance/bp_samples_per_s", "system/rss_mb",
+                "system/cpu_percent", "performance/compile_s"):
+        assert tag in scalars and all(np.isfinite(v) for _, v in scalars[tag]), tag
+    assert all(v > 10 for _, v in scalars["system/rss_mb"])  # MiB: a Python process with JAX
+    assert [s for s, _ in scalars["system/rss_mb"]] == [8, 24, 40]  # every 16 steps, from the first log step
+    hists = read_histograms(tmp_path / "tb")
+    assert [s for s, _ in hists["params/s/w"]] == [16, 32, 48]
+    h = hists["params/s/w"][-1][1]
+    assert h.num == 6 and h.min == 0 and h.max == 5 and h.sum == 15
+
+
+def test_csv_logger_writes_one_row_per_log_step(tmp_path):
+    run([CSVLogger(tmp_path / "m.csv", log_interval=5)], n_calls=5, k=4)  # 20 steps
+    with open(tmp_path / "m.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    assert [float(r["s/value"]) for r in rows] == [5, 10, 15, 20]
+    assert rows[0]["s/sparse"] == "" and float(rows[2]["s/sparse"]) == 150  # step 15: the cycle-3 hook ran
+
+
+def test_a_resumed_run_keeps_the_csv_rows_before_its_first_step(tmp_path):
+    from emote_jax.logging import CSVWriter
+
+    w = CSVWriter(tmp_path / "m.csv")
+    w.open(1)
+    for step in (10, 20, 30):
+        w.write_scalars(step, {"a": step / 10})
+    w.close()
+    w = CSVWriter(tmp_path / "m.csv")
+    w.open(21)  # resumed from the checkpoint of step 20: its steps 21.. are written again
+    w.write_scalars(30, {"a": -3.0, "b": 1.0})
+    w.close()
+    with open(tmp_path / "m.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["a"], r["b"]) for r in rows] == [("10", "1.0", ""), ("20", "2.0", ""), ("30", "-3.0", "1.0")]
+    w = CSVWriter(tmp_path / "m.csv")
+    w.open(1)  # a fresh run starts afresh
+    w.write_scalars(5, {"a": 0.5})
+    w.close()
+    assert (tmp_path / "m.csv").read_text().splitlines() == ["step,a", "5,0.5"]
+
+
+def test_terminal_logger_prints_a_line_per_log_step():
+    out = io.StringIO()
+    run([TerminalLogger(out, log_interval=10, exclude=["performance/*"])], n_calls=5, k=4)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "bp_step 10 | s/value 10"
+    assert lines[1] == "bp_step 20 | s/value 20"
+
+
+def test_include_and_exclude_select_tags():
+    rec = Recorder()
+    run([MetricsLogger([rec], log_interval=4, include=["s/*"], exclude=["*/windowed"], histogram_interval=None)],
+        n_calls=2, k=4)
+    assert rec.scalars[4] == {"s/value": 4.0}
+    assert rec.scalars[8] == {"s/value": 8.0}
+
+
+class FakeCollector(HostCallback):
+    """Finishes an episode of return -step and length step % 7 + 1 every 5th backprop step."""
+
+    def __init__(self):
+        super().__init__(name="fake_collector", cycle=1)
+        self.episode_returns, self.episode_lengths = deque(maxlen=3), deque(maxlen=3)
+        self.episode_env_steps = deque(maxlen=3)
+        self.episodes_completed = 0
+        self.env_steps = 0
+
+    def end_cycle(self, ctx):
+        self.env_steps += 2
+        if ctx.bp_step % 5 == 0:
+            self.episode_returns.append(-float(ctx.bp_step))
+            self.episode_lengths.append(ctx.bp_step % 7 + 1)
+            self.episode_env_steps.append(self.env_steps)
+            self.episodes_completed += 1
+
+
+def test_episode_metrics_report_every_episode_even_past_the_collectors_history():
+    collector = FakeCollector()
+    rec = Recorder()
+    episodes = EpisodeMetrics(collector, window=4)
+    logger = MetricsLogger([rec], log_interval=10, sources=[episodes, ThroughputMetrics(collector)],
+                           histogram_interval=20)
+    run([collector, logger], n_calls=10, k=4)  # 40 steps, episodes at 5, 10, ..., 40
+    assert [e.ret for e in episodes.history] == [-5.0 * i for i in range(1, 9)]
+    assert [e.env_steps for e in episodes.history] == [10 * i for i in range(1, 9)]
+    assert [e.length for e in episodes.history] == [(5 * i) % 7 + 1 for i in range(1, 9)]
+    assert rec.scalars[20]["episode/return"] == -17.5  # episodes at 15 and 20
+    assert rec.scalars[20]["episode/return/windowed"] == -12.5  # the last 4: 5..20
+    assert rec.scalars[40]["episode/return/windowed"] == -32.5  # 25..40
+    assert rec.scalars[40]["env/steps"] == 80 and rec.scalars[40]["env/episodes"] == 8
+    assert rec.scalars[40]["performance/env_steps_per_s"] > 0
+    np.testing.assert_array_equal(rec.hists[40]["episode/return"], [-25, -30, -35, -40])
+
+
+def test_a_source_serves_one_logger_only():
+    src = SystemMetrics()
+    MetricsLogger([Recorder()], sources=[src], name="a")
+    with pytest.raises(ValueError, match="already attached to logger 'a'"):
+        MetricsLogger([Recorder()], sources=[src], name="b")
+
+
+def test_bad_arguments_and_metric_shapes_are_refused_with_what_was_expected():
+    with pytest.raises(TypeError, match="expected MetricWriter instances, got str"):
+        MetricsLogger(["tb"])
+    with pytest.raises(ValueError, match="expected log_interval to be an int >= 1, got 0"):
+        MetricsLogger([Recorder()], log_interval=0)
+    with pytest.raises(TypeError, match="expected a collector with 'episode_returns'"):
+        EpisodeMetrics(object())
+    logger = MetricsLogger([Recorder()], log_interval=1)
+    from emote_jax.context import Context
+
+    ctx = Context(state={}, batch=None, key=None, metrics={"a": np.zeros(3), "b": np.zeros((3, 2))}, bp_step=1)
+    logger.begin_training(ctx)
+    with pytest.raises(ValueError, match=r"expected every host metric to have shape \(3,\).*'b' with shape \(3, 2\)"):
+        logger.end_cycle(ctx)
+
+
+def test_progress_lines_carry_no_control_characters_and_a_time_left():
+    from emote_jax.logging import Progress, format_duration
+
+    assert [format_duration(s) for s in (0, 75, 3725, float("nan"))] == ["0:00", "1:15", "1:02:05", "?"]
+    collector = FakeCollector()
+    out = io.StringIO()
+    progress = Progress(collector, total_env_steps=80, interval=20, out=out)
+    assert progress.tty is False  # a StringIO is no terminal
+    run([collector, progress], n_calls=10, k=4)  # 2 env steps per bp step: 80 env steps
+    lines = out.getvalue().splitlines()
+    assert [line.split("|")[0].split()[-1] for line in lines[:-1]] == ["20/80", "40/80", "60/80", "80/80"]
+    assert all("ETA " in line for line in lines[:-1]) and lines[-1].startswith("done, overall:")
+    assert not any(c in out.getvalue() for c in "\r\x1b\b")
+    assert [r["env_steps"] for r in progress.rows] == [20, 40, 60, 80, 80]
+
+
+def test_the_bar_fits_the_terminal_width():
+    from emote_jax.logging import Progress
+
+    collector = FakeCollector()
+    collector.env_steps = 6750
+    collector.episode_returns.extend([-100.0, -150.0])
+    bar = Progress(collector, 15000, 100, out=io.StringIO(), tty=True)
+    from emote_jax.context import Context
+
+    bar.begin_training(Context(state={}, batch=None, key=None, metrics={}, bp_step=1))
+    wide = bar.render(5000, bar._t0 + 20, 120)
+    assert wide.startswith(" 45% |###########--------------| 6750/15000 env steps | return -125.0 |")
+    narrow = bar.render(5000, bar._t0 + 21, 70)
+    assert len(narrow) <= 69 and narrow.startswith(" 45% |####------| 6750/15000 | ret -125.0 |")
