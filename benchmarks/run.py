@@ -1,0 +1,741 @@
+#!/usr/bin/env python3
+"""emote_jax against the PyTorch reference (emote-rl 23.0.0): one command for the whole suite.
+
+    python3 benchmarks/run.py            # every suite (about 45 minutes on 2 cores)
+    python3 benchmarks/run.py --quick    # a short smoke run of every suite (a few minutes)
+    python3 benchmarks/run.py --suites update compile memory
+
+On first use it creates what it needs: the project's ``.venv`` (``pip install -e .`` plus
+``benchmarks/requirements.txt``) and the reference's own ``benchmarks/.ref-venv``. It writes
+``benchmarks/results/<host>-<date>[-quick].{json,md}`` and ``<stem>-<suite>.png`` plots. Running a
+subset of suites merges them into that day's file, so suites can be run separately.
+
+Each side runs in its own long-lived worker subprocess (``ours_side.py`` in the project venv,
+``reference_side.py`` in the reference venv; JSON lines over pipes, see ``_worker.py``). Every
+comparison runs both sides in this one run, alternating repetitions (ABBA order), and reports medians
+and the ratio ours / reference. CPU suites run JAX with ``JAX_PLATFORMS=cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PROJECT_VENV = REPO / ".venv"
+REF_VENV = HERE / ".ref-venv"
+RESULTS = HERE / "results"
+WORKDIR = Path(tempfile.gettempdir()) / "emote_jax_bench"  # workers' cwd: MuJoCo writes MUJOCO_LOG.TXT there
+
+# The reference's install. emote-rl 23.0.0 pins setuptools==59.5, which torch 2.13 (setuptools>=77)
+# cannot satisfy, so the one-line install fails to resolve: install its dependencies first and the
+# package itself with --no-deps. gymnasium[mujoco] adds mujoco for HalfCheetah (v4 on gymnasium 0.29).
+REF_DEPS = ["torch==2.13.0", "numpy<2", "onnx==1.16.1", "gymnasium[mujoco]==0.29.1", "psutil", "tensorboard"]
+REF_PACKAGE = "emote-rl==23.0.0"
+REF_MARKER = REF_VENV / ".benchmarks-ready"
+
+SHAPES = {"pendulum": (3, 1), "halfcheetah": (17, 6)}
+ENVS = {"pendulum": ("Pendulum-v1", "Pendulum-v1"), "halfcheetah": ("HalfCheetah-v5", "HalfCheetah-v4")}
+SUITES = ["update", "e2e", "learning", "compile", "memory", "gpu"]
+
+
+# ---- environments ------------------------------------------------------------------------------------
+def _run(cmd: list[str], **kw: Any) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def ensure_project_venv() -> Path:
+    """The project venv with emote_jax and the benchmark extras (matplotlib, mujoco) importable."""
+    py = _venv_python(PROJECT_VENV)
+    if not py.exists():
+        _run([sys.executable, "-m", "venv", str(PROJECT_VENV)])
+    check = "import emote_jax.train, matplotlib, mujoco, gymnasium"
+    if subprocess.run([str(py), "-c", check], cwd=REPO, capture_output=True).returncode != 0:
+        _run([str(py), "-m", "pip", "install", "-q", "-e", str(REPO), "-r", str(HERE / "requirements.txt")])
+    return py
+
+
+def ensure_ref_venv() -> Path:
+    """``benchmarks/.ref-venv`` with emote-rl 23.0.0 on torch 2.13 (CPU), created on first use."""
+    py = _venv_python(REF_VENV)
+    spec = json.dumps({"deps": REF_DEPS, "package": REF_PACKAGE})
+    if REF_MARKER.exists() and REF_MARKER.read_text() == spec and py.exists():
+        return py
+    if not py.exists():
+        _run([sys.executable, "-m", "venv", str(REF_VENV)])
+    _run([str(py), "-m", "pip", "install", "-q", *REF_DEPS])
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", REF_PACKAGE])
+    WORKDIR.mkdir(exist_ok=True)
+    _run([str(py), "-c", "import emote, emote.sac, emote.memory, torch, gymnasium; gymnasium.make('HalfCheetah-v4')"],
+         cwd=WORKDIR)
+    REF_MARKER.write_text(spec)
+    return py
+
+
+# ---- workers -----------------------------------------------------------------------------------------
+class Side:
+    """A worker subprocess answering JSON commands (see ``_worker.py``)."""
+
+    def __init__(self, name: str, python: Path, script: str, log: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.log = open(log, "a")
+        WORKDIR.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(python), str(HERE / script)], cwd=WORKDIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True, env={**os.environ, **(env or {})}, bufsize=1,
+        )
+
+    def __call__(self, cmd: str, **kw: Any) -> Any:
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} worker died during {cmd!r}; see {self.log.name}")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise RuntimeError(f"{self.name} {cmd}: {reply['error']}\n{reply['traceback']}")
+        return reply["result"]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self.log.close()
+
+    def __enter__(self) -> Side:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+CPU_ENV = {"JAX_PLATFORMS": "cpu"}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, ours_py: Path, ref_py: Path, log: Path):
+        self.args, self.ours_py, self.ref_py, self.log = args, ours_py, ref_py, log
+        self.quick = args.quick
+
+    def ours(self, env: dict[str, str] | None = None) -> Side:
+        return Side("ours", self.ours_py, "ours_side.py", self.log, CPU_ENV if env is None else env)
+
+    def ref(self) -> Side:
+        return Side("reference", self.ref_py, "reference_side.py", self.log)
+
+    def reps(self, full: int, quick: int) -> int:
+        return self.args.reps or (quick if self.quick else full)
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _stats(xs: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {_load():.1f}] {msg}", flush=True)
+
+
+# ---- suite 1: update throughput --------------------------------------------------------------------
+def suite_update(b: Bench, gpu: bool = False) -> dict:
+    import flops
+
+    ks = [1, 32] if b.quick else [1, 8, 32, 128]
+    n_ours = 64 if b.quick else 384
+    n_ref = 16 if b.quick else 96
+    reps = b.reps(5, 2)
+    out: dict[str, Any] = {"batch": 256, "hidden": [256, 256], "ks": ks, "reps": reps,
+                           "updates_per_rep": {"ours": n_ours, "reference": n_ref}, "shapes": {}}
+    ours_env = {} if gpu else None
+    with b.ours(ours_env) as ours, b.ref() as ref:
+        oi, ri = ours("info"), ref("info")
+        if gpu:
+            if oi["backend"] not in ("gpu", "cuda", "rocm"):
+                return {"skipped": f"JAX sees no GPU (backend {oi['backend']!r})"}
+        ref_device = "cuda" if gpu and ri["cuda"] else "cpu"
+        if gpu and ref_device == "cpu":
+            out["reference_note"] = "the reference venv's torch has no CUDA; its numbers are CPU"
+        default_threads = ri["torch_threads"]
+        ref_variants = [default_threads] if (gpu or default_threads == 1) else [default_threads, 1]
+        out["reference_threads"] = ref_variants
+        for shape, (o, a) in SHAPES.items():
+            _say(f"update: {shape} setup")
+            f = flops.sac_update_flops(o, a)
+            for k in ks:
+                ours("update_setup", name=f"{shape}-{k}", obs_dim=o, n_actions=a, k=k)
+            ours("roofline_setup", name=f"{shape}-chain", obs_dim=o, n_actions=a)
+            ours("roofline_setup", name=f"{shape}-square", obs_dim=o, n_actions=a, square=True)
+            ref("update_setup", name=shape, obs_dim=o, n_actions=a, device=ref_device)
+            raw: dict[str, list] = {f"ours_k{k}": [] for k in ks}
+            raw.update({f"ref_t{t}": [] for t in ref_variants})
+            raw.update({"chain_gflops": [], "square_gflops": [], "load": []})
+
+            per_cpu_s: dict[str, list] = {n: [] for n in raw if n.startswith(("ours_", "ref_"))}
+
+            def run_ours() -> None:
+                for k in ks:
+                    res = ours("update_run", name=f"{shape}-{k}", n_updates=n_ours)
+                    raw[f"ours_k{k}"].append(res["updates_per_s"])
+                    per_cpu_s[f"ours_k{k}"].append(res["updates"] / res["cpu_s"])
+                raw["chain_gflops"].append(ours("roofline_run", name=f"{shape}-chain")["gflops"])
+                raw["square_gflops"].append(ours("roofline_run", name=f"{shape}-square")["gflops"])
+
+            def run_ref() -> None:
+                for t in ref_variants:
+                    res = ref("update_run", name=shape, n_updates=n_ref, threads=t)
+                    raw[f"ref_t{t}"].append(res["updates_per_s"])
+                    per_cpu_s[f"ref_t{t}"].append(res["updates"] / res["cpu_s"])
+
+            for r in range(reps):
+                raw["load"].append(_load())
+                for fn in ((run_ours, run_ref) if r % 2 == 0 else (run_ref, run_ours)):
+                    fn()
+                _say(f"update: {shape} rep {r + 1}/{reps}: " + ", ".join(
+                    f"{n} {v[-1]:.1f}" for n, v in raw.items() if n != "load"))
+            for k in ks:
+                ours("update_drop", name=f"{shape}-{k}")
+            med = {n: statistics.median(v) for n, v in raw.items()}
+            best_ref_name = max((n for n in raw if n.startswith("ref_")), key=lambda n: med[n])
+            best_k = max(ks, key=lambda k: med[f"ours_k{k}"])
+            chain_ups = med["chain_gflops"] * 1e9 / f
+            out["shapes"][shape] = {
+                "obs_dim": o, "n_actions": a, "flops_per_update": f,
+                "updates_per_s": {n: _stats(v) for n, v in raw.items() if n not in ("chain_gflops", "square_gflops", "load")},
+                "updates_per_cpu_s": {n: _stats(v) for n, v in per_cpu_s.items()},
+                "chain_gflops": _stats(raw["chain_gflops"]), "square_gflops": _stats(raw["square_gflops"]),
+                "load": raw["load"], "best_k": best_k, "best_reference": best_ref_name,
+                "ratio_best": med[f"ours_k{best_k}"] / med[best_ref_name],
+                "ratio_k1": med["ours_k1"] / med[best_ref_name],
+                "ratio_vs_ref_default": med[f"ours_k{best_k}"] / med[f"ref_t{ref_variants[0]}"],
+                "gflops": {f"ours_k{k}": med[f"ours_k{k}"] * f / 1e9 for k in ks} | {
+                    n: med[n] * f / 1e9 for n in raw if n.startswith("ref_")},
+                "roofline_fraction": {f"ours_k{k}": med[f"ours_k{k}"] / chain_ups for k in ks} | {
+                    n: med[n] / chain_ups for n in raw if n.startswith("ref_")},
+            }
+        out["info"] = {"ours": oi, "reference": ri}
+    return out
+
+
+# ---- suite 2: end to end -----------------------------------------------------------------------------
+def _rate(points: list[tuple[float, float]], start: int) -> float:
+    """(env steps or bp steps, seconds) points -> steps per second from the first point >= start to the last."""
+    pts = [(s, t) for s, t in points if s >= start]
+    if len(pts) < 2 or pts[-1][1] <= pts[0][1]:
+        return float("nan")
+    return (pts[-1][0] - pts[0][0]) / (pts[-1][1] - pts[0][1])
+
+
+def suite_e2e(b: Bench, ref_threads: int) -> dict:
+    warmup, measured, skip = 1000, (400 if b.quick else 2000), 200
+    reps = b.reps(3, 1)
+    envs = ["pendulum"] if b.quick else ["pendulum", "halfcheetah"]
+    variants = [("ours_gym_k1", dict(k=1, threaded=False)), ("ours_threaded_k1", dict(k=1, threaded=True)),
+                ("ours_gym_k32", dict(k=32, threaded=False))]
+    out: dict[str, Any] = {"warmup_steps": warmup, "measured_steps": measured, "skip_steps": skip, "reps": reps,
+                           "reference_threads": ref_threads, "envs": {}}
+    with b.ours() as ours, b.ref() as ref:
+        ref("set_threads", threads=ref_threads)
+        for env in envs:
+            ours_id, ref_id = ENVS[env]
+            try:
+                ours("check_env", env_id=ours_id)
+                ref("check_env", env_id=ref_id)
+            except RuntimeError as e:
+                out["envs"][env] = {"skipped": str(e).splitlines()[0]}
+                continue
+            raw: dict[str, list] = {n: [] for n, _ in variants}
+            raw.update({"reference": [], "load": []})
+            upd: dict[str, list] = {n: [] for n, _ in variants}
+            notes = set()
+            total = warmup + skip + measured
+
+            def run_ours() -> None:
+                for n, kw in variants:
+                    res = ours("sac_run", env_id=ours_id, env_steps=total, warmup_steps=warmup, **kw)
+                    pts = [(r["env_steps"], r["elapsed_s"]) for r in res["rows"]]
+                    raw[n].append(_rate(pts, warmup + skip))
+                    upd[n].append(_rate([(r["bp_step"], r["elapsed_s"]) for r in res["rows"] if r["env_steps"] >= warmup + skip], 0))
+                    if res.get("note"):
+                        notes.add(res["note"])
+
+            def run_ref() -> None:
+                res = ref("sac_run", env_id=ref_id, env_steps=total, warmup_steps=warmup)
+                raw["reference"].append(_rate([tuple(p) for p in res["stamps"]], warmup + skip))
+
+            for r in range(reps):
+                raw["load"].append(_load())
+                for fn in ((run_ours, run_ref) if r % 2 == 0 else (run_ref, run_ours)):
+                    fn()
+                _say(f"e2e: {env} rep {r + 1}/{reps}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in raw.items() if n != "load"))
+            med = {n: statistics.median(v) for n, v in raw.items() if n != "load"}
+            out["envs"][env] = {
+                "env_ids": {"ours": ours_id, "reference": ref_id},
+                "env_steps_per_s": {n: _stats(v) for n, v in raw.items() if n != "load"},
+                "updates_per_s": {n: _stats(v) for n, v in upd.items()},
+                "ratio": {n: med[n] / med["reference"] for n, _ in variants}, "load": raw["load"],
+                "notes": sorted(notes),
+            }
+    return out
+
+
+# ---- suite 3: learning ---------------------------------------------------------------------------------
+def _curve_from_episodes(episodes: list[tuple[int, float]], grid: list[int]) -> list[float]:
+    out = []
+    for g in grid:
+        done = [ret for s, ret in episodes if s <= g][-10:]
+        out.append(statistics.fmean(done) if done else float("nan"))
+    return out
+
+
+def _nanstat(fn: Any, xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return fn(xs) if xs else float("nan")
+
+
+def suite_learning(b: Bench, ref_threads: int) -> dict:
+    steps = 2000 if b.quick else 15_000
+    seeds = [0] if b.quick else [0, 1, 2]
+    interval = 500
+    grid = list(range(interval, steps + 1, interval))
+    eval_episodes = 2 if b.quick else 10
+    out: dict[str, Any] = {"env_id": "Pendulum-v1", "env_steps": steps, "seeds": seeds, "grid": grid,
+                           "metric": "mean return of the last 10 completed episodes", "reference_threads": ref_threads,
+                           "eval_episodes": eval_episodes,
+                           "ours": {}, "reference": {}}
+    with b.ours() as ours, b.ref() as ref:
+        ref("set_threads", threads=ref_threads)
+        for i, seed in enumerate(seeds):
+            def run_ours() -> None:
+                res = ours("sac_run", env_id="Pendulum-v1", env_steps=steps, seed=seed, log_interval=interval,
+                           eval_episodes=eval_episodes)
+                by_step = {r["env_steps"]: r["return_last10"] for r in res["rows"]}
+                out["ours"][str(seed)] = {"curve": [by_step.get(g, float("nan")) for g in grid],
+                                          "eval_returns": res["eval_returns"], "wall_s": res["wall_s"]}
+
+            def run_ref() -> None:
+                res = ref("sac_run", env_id="Pendulum-v1", env_steps=steps, seed=seed, eval_episodes=eval_episodes)
+                out["reference"][str(seed)] = {"curve": _curve_from_episodes(res["episodes"], grid),
+                                               "eval_returns": res["eval_returns"], "wall_s": res["wall_s"]}
+
+            for fn in ((run_ours, run_ref) if i % 2 == 0 else (run_ref, run_ours)):
+                fn()
+            _say(f"learning: seed {seed}: ours eval {statistics.fmean(out['ours'][str(seed)]['eval_returns'] or [float('nan')]):.0f} "
+                 f"({out['ours'][str(seed)]['wall_s']:.0f} s), reference eval "
+                 f"{statistics.fmean(out['reference'][str(seed)]['eval_returns'] or [float('nan')]):.0f} "
+                 f"({out['reference'][str(seed)]['wall_s']:.0f} s)")
+    for side in ("ours", "reference"):
+        curves = [out[side][str(s)]["curve"] for s in seeds]
+        out[f"{side}_mean"] = [_nanstat(statistics.fmean, [c[j] for c in curves]) for j in range(len(grid))]
+        out[f"{side}_std"] = [_nanstat(statistics.pstdev, [c[j] for c in curves]) for j in range(len(grid))]
+        evals = [statistics.fmean(out[side][str(s)]["eval_returns"]) for s in seeds if out[side][str(s)]["eval_returns"]]
+        out[f"{side}_eval_mean"] = statistics.fmean(evals) if evals else None
+    return out
+
+
+# ---- suite 4: compile time and memory ------------------------------------------------------------------
+def suite_compile(b: Bench) -> dict:
+    configs = [("pendulum", 1)] if b.quick else [("pendulum", 1), ("pendulum", 32), ("halfcheetah", 1), ("halfcheetah", 32)]
+    reps = b.reps(3, 1)
+    out: dict[str, Any] = {"definition": "first call of trainer._compiled (trace, lower, compile, run) minus a steady call, "
+                                         "each in a fresh process", "reps": reps, "configs": {}}
+    for shape, k in configs:
+        o, a = SHAPES[shape]
+        vals, firsts, cpus, setups, loads = [], [], [], [], []
+        for _ in range(reps):
+            loads.append(_load())
+            with b.ours() as ours:
+                res = ours("compile_time", obs_dim=o, n_actions=a, k=k)
+            vals.append(res["compile_s"])
+            firsts.append(res["first_call_s"])
+            cpus.append(res["compile_cpu_s"])
+            setups.append(res["setup_s"])
+        out["configs"][f"{shape}-k{k}"] = {"compile_s": _stats(vals), "first_call_s": _stats(firsts),
+                                           "compile_cpu_s": _stats(cpus), "setup_s": _stats(setups), "load": loads}
+        _say(f"compile: {shape} K={k}: {statistics.median(vals):.2f} s")
+    return out
+
+
+def suite_memory(b: Bench) -> dict:
+    n = 100_000 if b.quick else 1_000_000
+    out: dict[str, Any] = {"transitions": n, "obs_dim": 17, "n_actions": 6, "episode_len": 1000}
+    with b.ours() as ours:
+        out["ours"] = ours("memory_fill", transitions=n)
+    with b.ref() as ref:
+        out["reference"] = ref("memory_fill", transitions=n)
+    for side in ("ours", "reference"):
+        r = out[side]
+        r["table_mb"] = r["peak_rss_mb"] - r["rss_before_mb"]
+    out["ratio_table_mb"] = out["ours"]["table_mb"] / out["reference"]["table_mb"]
+    _say(f"memory: ours {out['ours']['table_mb']:.0f} MB, reference {out['reference']['table_mb']:.0f} MB")
+    return out
+
+
+def suite_gpu(b: Bench) -> dict:
+    with b.ours(env={}) as ours:
+        oi = ours("info")
+    if oi["backend"] not in ("gpu", "cuda", "rocm"):
+        return {"skipped": f"no GPU: JAX's default backend is {oi['backend']!r} (install jax[cuda13] into .venv "
+                           "on a GPU machine, and a CUDA torch into benchmarks/.ref-venv for the reference)"}
+    return suite_update(b, gpu=True)
+
+
+# ---- report --------------------------------------------------------------------------------------------
+def _fmt(x: float | None, nd: int = 1) -> str:
+    return "n/a" if x is None or x != x else f"{x:,.{nd}f}"
+
+
+def targets(res: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met?) for every acceptance target whose suite ran."""
+    s = res["suites"]
+    rows: list[tuple[str, str, bool | None]] = []
+    up = s.get("update", {})
+    for shape, r in up.get("shapes", {}).items():
+        rows.append((f"update throughput >= 3x reference ({shape})",
+                     f"{r['ratio_best']:.2f}x (ours K={r['best_k']} vs {r['best_reference']}); K=1: {r['ratio_k1']:.2f}x",
+                     r["ratio_best"] >= 3))
+        best = f"ours_k{r['best_k']}"
+        frac = r["roofline_fraction"][best]
+        rows.append((f">= 60% of matmul roofline at best K ({shape})",
+                     f"{100 * frac:.0f}% ({r['gflops'][best]:.1f} of {r['chain_gflops']['median']:.1f} GFLOP/s)",
+                     frac >= 0.6))
+    e2e = s.get("e2e", {})
+    for env, r in e2e.get("envs", {}).items():
+        if "skipped" in r:
+            rows.append((f"end-to-end >= 3x reference ({env})", "skipped: " + r["skipped"], None))
+            continue
+        best = max(r["ratio"], key=lambda n: r["ratio"][n])
+        rows.append((f"end-to-end >= 3x reference ({env})",
+                     f"{r['ratio'][best]:.2f}x ({best}); " + ", ".join(f"{n} {v:.2f}x" for n, v in r["ratio"].items()),
+                     r["ratio"][best] >= 3))
+        shape = r.get("shape", env)
+        upd = up.get("shapes", {}).get(shape)
+        if upd:
+            fracs = []
+            for n in r["ratio"]:
+                k = int(n.rsplit("_k", 1)[1])
+                only = upd["updates_per_s"].get(f"ours_k{k}", {}).get("median")
+                if only:
+                    fracs.append((n, r["updates_per_s"][n]["median"] / only))
+            if fracs:
+                bestf = max(fracs, key=lambda t: t[1])
+                rows.append((f"end-to-end >= 90% of update-only throughput ({env})",
+                             ", ".join(f"{n} {100 * f:.0f}%" for n, f in fracs), bestf[1] >= 0.9))
+    comp = s.get("compile", {})
+    if comp.get("configs"):
+        worst = max(c["compile_s"]["median"] for c in comp["configs"].values())
+        rows.append(("compile time < 3 s on CPU", ", ".join(f"{n} {c['compile_s']['median']:.2f} s"
+                                                            for n, c in comp["configs"].items()), worst < 3))
+    ln = s.get("learning")
+    if ln and ln.get("grid"):
+        g = ln["grid"]
+        j = min(range(len(g)), key=lambda i: abs(g[i] - 10_000))
+        om, rm = ln["ours_mean"][j], ln["reference_mean"][j]
+        noise = max(ln["ours_std"][j], ln["reference_std"][j])
+        rows.append((f"learning no worse at {g[j]} steps (within noise)",
+                     f"ours {om:.0f} +- {ln['ours_std'][j]:.0f}, reference {rm:.0f} +- {ln['reference_std'][j]:.0f} "
+                     f"(last-10-episode mean over {len(ln['seeds'])} seeds)", om >= rm - noise))
+    return rows
+
+
+def write_markdown(res: dict, path: Path, stem: str) -> None:
+    s = res["suites"]
+    m = res["machine"]
+    L = [f"# emote_jax vs emote-rl 23.0.0: {res['host']} {res['date']}{' (quick)' if res.get('quick') else ''}", "",
+         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}. Other work on the machine makes every number "
+         "noisy, so each suite records the 1-minute load average around it. Medians over alternating repetitions; "
+         "ratio = ours / reference.", "",
+         "| suite | finished | load (start-end) | wall s | command |", "| --- | --- | --- | --- | --- |"]
+    for name, su in s.items():
+        L.append(f"| {name} | {su.get('finished', '')} | {_fmt(su.get('load_start'))}-{_fmt(su.get('load_end'))} | "
+                 f"{_fmt(su.get('wall_s'), 0)} | `{su.get('command', '')}` |")
+    L.append("")
+    L += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+    for t, v, ok in targets(res):
+        L.append(f"| {t} | {v} | {'yes' if ok else ('n/a' if ok is None else '**no**')} |")
+    up = s.get("update")
+    if up and up.get("shapes"):
+        L += ["", "## 1. SAC update throughput (updates/s)", "",
+              f"Batch {up['batch']}, hidden {up['hidden']}, {up['reps']} repetitions; emote_jax through `Trainer` with a "
+              "synthetic loader of pre-stacked device batches (K steps per compiled call); the reference through "
+              "`emote.Trainer` with its SAC callbacks on synthetic batches, at torch's default thread count and at 1 thread. "
+              "Roofline: the same matrix products (benchmarks/flops.py) as a plain jitted chain.", "",
+              "Updates per CPU-second (process CPU time, all threads) is less sensitive to other load on the machine.", "",
+              "| shapes | variant | updates/s (median, min-max) | updates per CPU-s | GFLOP/s | of roofline |",
+              "| --- | --- | --- | --- | --- | --- |"]
+        for shape, r in up["shapes"].items():
+            for n, st in r["updates_per_s"].items():
+                cpu = r.get("updates_per_cpu_s", {}).get(n, {}).get("median")
+                L.append(f"| {shape} (obs {r['obs_dim']}, act {r['n_actions']}) | {n} | {_fmt(st['median'])} "
+                         f"({_fmt(st['min'])}-{_fmt(st['max'])}) | {_fmt(cpu)} | {_fmt(r['gflops'][n])} | "
+                         f"{100 * r['roofline_fraction'][n]:.0f}% |")
+            L.append(f"| {shape} | matmul chain (roofline) | {_fmt(r['chain_gflops']['median'] * 1e9 / r['flops_per_update'])} "
+                     f"| | {_fmt(r['chain_gflops']['median'])} | 100% |")
+            L.append(f"| {shape} | 256x256x256 chain, same FLOPs | {_fmt(r['square_gflops']['median'] * 1e9 / r['flops_per_update'])} "
+                     f"| | {_fmt(r['square_gflops']['median'])} | |")
+        L += ["", "| shapes | MFLOP/update | best ours / best reference | ours K=1 / best reference |", "| --- | --- | --- | --- |"]
+        for shape, r in up["shapes"].items():
+            L.append(f"| {shape} | {r['flops_per_update'] / 1e6:.1f} | {r['ratio_best']:.2f}x (K={r['best_k']}) | {r['ratio_k1']:.2f}x |")
+        L += ["", f"![update throughput]({stem}-update.png)"]
+    e2e = s.get("e2e")
+    if e2e and e2e.get("envs"):
+        L += ["", "## 2. End-to-end training throughput (env steps/s, one update per env step)", "",
+              f"1 env, batch 256, {e2e['warmup_steps']} random warm-up steps, then {e2e['measured_steps']} steps timed "
+              f"after skipping {e2e['skip_steps']} (compilation); {e2e['reps']} repetitions. Reference at "
+              f"{e2e['reference_threads']} torch thread(s), driven by this harness's own collector callback.", "",
+              "| env | variant | env steps/s (median, min-max) | updates/s | ratio |", "| --- | --- | --- | --- | --- |"]
+        for env, r in e2e["envs"].items():
+            if "skipped" in r:
+                L.append(f"| {env} | skipped | {r['skipped']} | | |")
+                continue
+            for n, st in r["env_steps_per_s"].items():
+                u = r["updates_per_s"].get(n, {}).get("median")
+                ratio = f"{r['ratio'][n]:.2f}x" if n in r["ratio"] else ""
+                L.append(f"| {r['env_ids']['ours' if n != 'reference' else 'reference']} | {n} | {_fmt(st['median'])} "
+                         f"({_fmt(st['min'])}-{_fmt(st['max'])}) | {_fmt(u)} | {ratio} |")
+            for note in r.get("notes", []):
+                L.append(f"| {env} | note | {note} | | |")
+        L += ["", f"![end to end]({stem}-e2e.png)"]
+    ln = s.get("learning")
+    if ln and ln.get("grid"):
+        L += ["", "## 3. Learning: Pendulum-v1", "",
+              f"{ln['env_steps']} env steps, seeds {ln['seeds']}, {ln['metric']}; both with 2x256 networks, lr 3e-4, "
+              "batch 256, 1000 random warm-up steps, one update per env step. Deterministic evaluation "
+              f"({ln.get('eval_episodes', 10)} episodes) at the end; reference at {ln['reference_threads']} torch thread(s).", "",
+              "| env steps | ours (mean +- std) | reference (mean +- std) |", "| --- | --- | --- |"]
+        for j, g in enumerate(ln["grid"]):
+            if g % 1000 == 0 or g == ln["grid"][-1]:
+                L.append(f"| {g} | {_fmt(ln['ours_mean'][j], 0)} +- {_fmt(ln['ours_std'][j], 0)} | "
+                         f"{_fmt(ln['reference_mean'][j], 0)} +- {_fmt(ln['reference_std'][j], 0)} |")
+        L.append(f"| final evaluation | {_fmt(ln['ours_eval_mean'], 0)} | {_fmt(ln['reference_eval_mean'], 0)} |")
+        walls = {side: statistics.fmean(ln[side][str(sd)]["wall_s"] for sd in ln["seeds"]) for side in ("ours", "reference")}
+        L.append(f"| wall time per run (s) | {walls['ours']:.0f} | {walls['reference']:.0f} |")
+        L += ["", f"![learning]({stem}-learning.png)"]
+    comp = s.get("compile")
+    if comp and comp.get("configs"):
+        L += ["", "## 4a. Compile time of the SAC step (CPU)", "", comp["definition"] + ".", "",
+              "CPU s is the process CPU time of the same difference (all threads): less sensitive to other load. "
+              "Setup s: `make_sac_callbacks` + `Trainer(...)` (network init, optimizer state) before the first call.", "",
+              "| config | compile s (median, min-max) | compile CPU s | first call s | setup s |", "| --- | --- | --- | --- | --- |"]
+        for n, c in comp["configs"].items():
+            cpu = c.get("compile_cpu_s", {}).get("median")
+            setup = c.get("setup_s", {}).get("median")
+            L.append(f"| {n} | {c['compile_s']['median']:.2f} ({c['compile_s']['min']:.2f}-{c['compile_s']['max']:.2f}) | "
+                     f"{_fmt(cpu, 2)} | {c['first_call_s']['median']:.2f} | {_fmt(setup, 2)} |")
+    mem = s.get("memory")
+    if mem and "ours" in mem:
+        L += ["", "## 4b. Replay memory, HalfCheetah shapes", "",
+              f"{mem['transitions']:,} transitions (obs {mem['obs_dim']}, act {mem['n_actions']}, {mem['episode_len']}-step "
+              "episodes) written through each table's own API, in a fresh process; table MB = peak RSS - RSS before.", "",
+              "| side | table MB | peak RSS MB | fill s | sample(256) ms |", "| --- | --- | --- | --- | --- |"]
+        for side in ("ours", "reference"):
+            r = mem[side]
+            L.append(f"| {side} | {r['table_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['fill_s']:.2f} | {r['sample_256_ms']:.2f} |")
+    gpu = s.get("gpu")
+    if gpu:
+        L += ["", "## 5. GPU", ""]
+        L.append(f"Skipped: {gpu['skipped']}" if "skipped" in gpu else "See `suites.gpu` in the JSON (same layout as suite 1).")
+    L += ["", "## Versions", "", "```", json.dumps(res.get("versions", {}), indent=1), "```", ""]
+    path.write_text("\n".join(L))
+
+
+def write_plots(res: dict, stem_path: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    s = res["suites"]
+    up = s.get("update")
+    if up and up.get("shapes"):
+        fig, axes = plt.subplots(1, len(up["shapes"]), figsize=(6 * len(up["shapes"]), 4), squeeze=False)
+        for ax, (shape, r) in zip(axes[0], up["shapes"].items()):
+            names = list(r["updates_per_s"])
+            meds = [r["updates_per_s"][n]["median"] for n in names]
+            lo = [m - r["updates_per_s"][n]["min"] for n, m in zip(names, meds)]
+            hi = [r["updates_per_s"][n]["max"] - m for n, m in zip(names, meds)]
+            colors = ["tab:blue" if n.startswith("ours") else "tab:orange" for n in names]
+            ax.bar(names, meds, yerr=[lo, hi], color=colors, capsize=3)
+            ax.axhline(r["chain_gflops"]["median"] * 1e9 / r["flops_per_update"], color="k", ls="--", label="matmul roofline")
+            ax.set_title(f"{shape}: SAC updates/s (batch 256, 2x256)")
+            ax.set_ylabel("updates/s")
+            ax.tick_params(axis="x", rotation=30)
+            ax.legend()
+        fig.tight_layout()
+        p = stem_path.with_name(stem_path.name + "-update.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p.name)
+    e2e = s.get("e2e")
+    envs = {k: v for k, v in (e2e or {}).get("envs", {}).items() if "skipped" not in v}
+    if envs:
+        fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+        for ax, (env, r) in zip(axes[0], envs.items()):
+            names = list(r["env_steps_per_s"])
+            meds = [r["env_steps_per_s"][n]["median"] for n in names]
+            ax.bar(names, meds, color=["tab:orange" if n == "reference" else "tab:blue" for n in names])
+            ax.set_title(f"{env}: env steps/s, 1 update per env step")
+            ax.set_ylabel("env steps/s")
+            ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        p = stem_path.with_name(stem_path.name + "-e2e.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p.name)
+    ln = s.get("learning")
+    if ln and ln.get("grid"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for side, color in (("ours", "tab:blue"), ("reference", "tab:orange")):
+            for sd in ln["seeds"]:
+                ax.plot(ln["grid"], ln[side][str(sd)]["curve"], color=color, alpha=0.25, lw=1)
+            ax.plot(ln["grid"], ln[f"{side}_mean"], color=color, lw=2,
+                    label=f"{'emote_jax' if side == 'ours' else 'emote-rl 23.0.0'} (mean of {len(ln['seeds'])} seeds)")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("return, mean of last 10 episodes")
+        ax.set_title("SAC on Pendulum-v1")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = stem_path.with_name(stem_path.name + "-learning.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p.name)
+    return written
+
+
+# ---- main ----------------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_state() -> dict:
+    def g(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+        return r.stdout.strip()
+
+    return {"commit": g("rev-parse", "HEAD"), "dirty": bool(g("status", "--porcelain", "--", "emote_jax"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a short smoke run of every suite")
+    ap.add_argument("--suites", nargs="+", choices=SUITES, default=SUITES, help="suites to run (default: all)")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions per comparison (default: per suite)")
+    ap.add_argument("--ref-threads", default="auto",
+                    help="torch threads of the reference in the e2e and learning suites: a number, or 'auto' (the faster "
+                         "setting measured by the update suite of this day's results, else torch's default)")
+    ap.add_argument("--out", default=None, help="results file stem (default: results/<host>-<date>[-quick])")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the Markdown and plots from the JSON; run nothing")
+    args = ap.parse_args(argv)
+
+    ours_py = ensure_project_venv()
+    if Path(sys.prefix).resolve() != PROJECT_VENV.resolve() and os.environ.get("EMOTE_BENCH_REEXEC") != "1":
+        os.environ["EMOTE_BENCH_REEXEC"] = "1"
+        os.execv(str(ours_py), [str(ours_py), str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])])
+    if args.report_only:
+        stem = Path(args.out) if args.out else None
+        if stem is None:
+            pattern = "*-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]" + ("-quick" if args.quick else "") + ".json"
+            found = sorted(RESULTS.glob(pattern), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise SystemExit("no results JSON to report on")
+            stem = found[-1].with_suffix("")
+        sys.path.insert(0, str(HERE))
+        res = json.loads(stem.with_suffix(".json").read_text())
+        res["plots"] = write_plots(res, stem)
+        write_markdown(res, stem.with_suffix(".md"), stem.name)
+        print(f"wrote {stem.with_suffix('.md')} and {res['plots']}")
+        return 0
+    ref_py = ensure_ref_venv()
+    sys.path.insert(0, str(HERE))
+
+    RESULTS.mkdir(exist_ok=True)
+    date = _dt.date.today().isoformat()
+    host = socket.gethostname().split(".")[0]
+    stem = Path(args.out) if args.out else RESULTS / f"{host}-{date}{'-quick' if args.quick else ''}"
+    json_path = stem.with_suffix(".json")
+    res: dict[str, Any] = json.loads(json_path.read_text()) if json_path.exists() else {"suites": {}}
+    res.update(host=host, date=date, quick=args.quick, command="python3 benchmarks/run.py " + " ".join(sys.argv[1:]),
+               machine={"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "load_start": _load()},
+               git=_git_state())
+    log = stem.with_suffix(".log")
+    bench = Bench(args, ours_py, ref_py, log)
+    _say(f"writing {json_path} (worker logs: {log})")
+
+    with bench.ours() as o, bench.ref() as r:
+        res["versions"] = {"ours": o("info"), "reference": r("info")}
+
+    def ref_threads() -> int:
+        if args.ref_threads != "auto":
+            return int(args.ref_threads)
+        up = res["suites"].get("update", {}).get("shapes", {})
+        if up:
+            best = statistics.mode(r["best_reference"] for r in up.values())
+            return int(best.split("_t")[1])
+        return int(res["versions"]["reference"]["torch_threads"])
+
+    order = [s for s in SUITES if s in args.suites]
+    for suite in order:
+        _say(f"suite {suite}")
+        t0, load0 = time.perf_counter(), _load()
+        if suite == "update":
+            out = suite_update(bench)
+        elif suite == "e2e":
+            out = suite_e2e(bench, ref_threads())
+            for env, r in out["envs"].items():
+                r["shape"] = env
+        elif suite == "learning":
+            out = suite_learning(bench, ref_threads())
+        elif suite == "compile":
+            out = suite_compile(bench)
+        elif suite == "memory":
+            out = suite_memory(bench)
+        else:
+            out = suite_gpu(bench)
+        out["wall_s"] = time.perf_counter() - t0
+        out["command"] = res["command"]
+        out["load_start"], out["load_end"] = load0, _load()
+        out["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+        res["suites"][suite] = out
+        res["machine"]["load_end"] = _load()
+        json_path.write_text(json.dumps(res, indent=1))  # after every suite: a later failure loses nothing
+    res["plots"] = write_plots(res, stem)
+    json_path.write_text(json.dumps(res, indent=1))
+    write_markdown(res, stem.with_suffix(".md"), stem.name)
+    _say(f"wrote {json_path}, {stem.with_suffix('.md')}, plots {res['plots']}")
+    for t, v, ok in targets(res):
+        print(f"  {'MET ' if ok else ('n/a ' if ok is None else 'MISS')} {t}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
