@@ -54,31 +54,33 @@ def iter_events(path: str | Path) -> Iterator[Any]:
         pos = end + 4
 
 
+def _summary_values(log_dir: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(step, summary value)`` of every summary value in the event files under ``log_dir``."""
+    for path in event_files(log_dir):
+        for event in iter_events(path):
+            if event.HasField("summary"):
+                for v in event.summary.value:
+                    yield int(event.step), v
+
+
 def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``tag -> [(step, value), ...]`` of every scalar in the event files under ``log_dir``."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in event_files(log_dir):
-        for event in iter_events(path):
-            if not event.HasField("summary"):
-                continue
-            for v in event.summary.value:
-                if v.HasField("simple_value"):
-                    out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
-                elif v.HasField("tensor") and len(v.tensor.float_val) == 1:
-                    out.setdefault(v.tag, []).append((int(event.step), float(v.tensor.float_val[0])))
+    for step, v in _summary_values(log_dir):
+        if v.HasField("simple_value"):
+            out.setdefault(v.tag, []).append((step, float(v.simple_value)))
+        elif v.HasField("tensor") and len(v.tensor.float_val) == 1:
+            out.setdefault(v.tag, []).append((step, float(v.tensor.float_val[0])))
     return out
 
 
 def read_histograms(log_dir: str | Path) -> dict[str, list[tuple[int, Histogram]]]:
     """``tag -> [(step, Histogram), ...]`` of every histogram in the event files under ``log_dir``."""
     out: dict[str, list[tuple[int, Histogram]]] = {}
-    for path in event_files(log_dir):
-        for event in iter_events(path):
-            if not event.HasField("summary"):
-                continue
-            for v in event.summary.value:
-                if v.HasField("histo"):
-                    h = v.histo
-                    out.setdefault(v.tag, []).append((int(event.step), Histogram(
-                        h.min, h.max, h.num, h.sum, np.asarray(h.bucket_limit), np.asarray(h.bucket))))
+    for step, v in _summary_values(log_dir):
+        if v.HasField("histo"):
+            h = v.histo
+            out.setdefault(v.tag, []).append(
+                (step, Histogram(h.min, h.max, h.num, h.sum, np.asarray(h.bucket_limit), np.asarray(h.bucket)))
+            )
     return out
