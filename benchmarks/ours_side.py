@@ -210,7 +210,8 @@ def _threaded_run(cfg: Any, out: io.StringIO) -> Any:
 
 
 def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0, k: int = 1,
-            threaded: bool = False, log_interval: int = 100, eval_episodes: int = 0) -> dict:
+            threaded: bool = False, log_interval: int = 100, eval_episodes: int = 0,
+            act_on_host: bool = True) -> dict:
     """SAC on ``env_id`` through ``build_sac(SACConfig(...))`` (1 env, one update per env step).
 
     Returns the progress rows (env step, bp step, seconds, mean return of the last 10 episodes) and,
@@ -219,7 +220,8 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
     from emote_jax.train import SACConfig, build_sac, evaluate
 
     cfg = SACConfig(env_id=env_id, env_steps=env_steps, warmup_steps=warmup_steps, seed=seed, steps_per_call=k,
-                    threaded=threaded, log_interval=log_interval, eval_episodes=eval_episodes)
+                    threaded=threaded, log_interval=log_interval, eval_episodes=eval_episodes,
+                    act_on_host=act_on_host)
     out = io.StringIO()
     note = None
     try:

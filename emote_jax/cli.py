@@ -37,6 +37,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-envs", type=int, default=d.num_envs)
     p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
     p.add_argument("--threaded", action="store_true", help="collect on a background thread")
+    p.add_argument("--act-on-device", dest="act_on_host", action="store_false",
+                   help="act with the jitted policy instead of its NumPy mirror on the host")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
     p.add_argument("--hidden", dest="hidden_dims", type=_int_tuple, default=d.hidden_dims, help="e.g. 256,256")

@@ -30,6 +30,7 @@ from emote_jax.context import Context
 from emote_jax.evaluation import save_policy
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
+from emote_jax.networks.host import GaussianHostPolicy
 from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
 from emote_jax.trainer import Trainer
 
@@ -47,6 +48,7 @@ class SACConfig:
     num_envs: int = 1
     async_envs: bool = False
     threaded: bool = False
+    act_on_host: bool = True  # the collector evaluates the policy with NumPy on a host copy of its params
     batch_size: int = 256
     rollout_length: int = 1
     hidden_dims: tuple[int, ...] = (256, 256)
@@ -111,6 +113,12 @@ def policy_act(policy_net: GaussianPolicy, deterministic: bool = False) -> Calla
         return mode_action(mean) if deterministic else sample_action(mean, std, key)[0]
 
     return act
+
+
+def collector_policy(policy_net: GaussianPolicy, on_host: bool = True) -> GaussianHostPolicy | Callable[..., jax.Array]:
+    """The policy a collector acts with: the NumPy mirror of ``policy_net`` (``on_host``), or the jitted
+    :func:`policy_act`. Same distribution; the host one saves a device round trip per env step."""
+    return GaussianHostPolicy(policy_net) if on_host else policy_act(policy_net)
 
 
 def check_spaces(env: gymnasium.vector.VectorEnv) -> tuple[int, int]:
@@ -195,10 +203,10 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
         common = dict(params_slot="policy", warmup_steps=warmup_vector_steps, random_warmup=cfg.random_warmup,
                       seed=cfg.seed)
         if cfg.threaded:  # collects continuously, capped at the configured ratio of env to backprop steps
-            collector = ThreadedGymCollector(env, policy_act(policy_net), memory,
+            collector = ThreadedGymCollector(env, collector_policy(policy_net, cfg.act_on_host), memory,
                                              max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step, **common)
         else:
-            collector = GymCollector(env, policy_act(policy_net), memory,
+            collector = GymCollector(env, collector_policy(policy_net, cfg.act_on_host), memory,
                                      bp_steps_per_env_step=cfg.bp_steps_per_env_step, **common)
         host: list[HostCallback] = [collector, MemoryWarmup(loader), EnvStepBudget(collector, cfg.env_steps)]
         progress = None

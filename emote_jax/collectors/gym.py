@@ -49,6 +49,7 @@ from gymnasium.vector import AutoresetMode
 from emote_jax.callback import HostCallback
 from emote_jax.context import Context, PyTree
 from emote_jax.memory import AgentObservation, EpisodeState
+from emote_jax.networks.host import HostPolicy
 
 #: The array key under which a Box observation is stored.
 OBS_KEY = "obs"
@@ -118,7 +119,9 @@ class GymCollector(HostCallback):
             observation space.
         policy: ``policy(params, obs, key) -> actions``; ``obs`` is ``(N, *obs_shape)`` float32 (a dict
             of such arrays for a Dict space), ``actions`` is ``(N, *action_shape)`` in ``[-1, 1]``.
-            Compiled once with ``jax.jit``.
+            Compiled once with ``jax.jit``. Or a :class:`~emote_jax.networks.host.HostPolicy`, which
+            acts with NumPy on a host copy of the parameters taken once per compiled call (no device
+            round trip per step; its noise comes from the collector's NumPy generator).
         memory: a ``MemoryProxy`` (``add(observations, actions)``).
         params_slot: the state slot whose ``"params"`` the policy acts with.
         bp_steps_per_env_step: backprop steps per vector step; 10 means one vector step every 10th
@@ -191,11 +194,15 @@ class GymCollector(HostCallback):
         self._key = jax.random.key(seed)
         self._warned_clip = False
 
+        self._host_policy = policy if isinstance(policy, HostPolicy) else None
+        self._host_params: Any = None
+        self._host_params_of: Any = None  # the params object _host_params was copied from
+
         def act(params, obs, key):
             key, sub = jax.random.split(key)
             return policy(params, obs, sub), key
 
-        self._act = jax.jit(act)
+        self._act = None if self._host_policy is not None else jax.jit(act)
 
         self.episode_returns: deque[float] = deque(maxlen=episode_history)
         self.episode_lengths: deque[int] = deque(maxlen=episode_history)
@@ -242,9 +249,18 @@ class GymCollector(HostCallback):
                 )
 
     # ---- acting ----------------------------------------------------------------------------------
+    def _host_actions(self, params: PyTree) -> np.ndarray:
+        if params is not self._host_params_of:  # new params (a compiled call ran): one host copy
+            self._host_params = self._host_policy.to_host(params)
+            self._host_params_of = params
+        return self._host_policy.act(self._host_params, self._policy_input(self._obs), self._rng)
+
     def _policy_actions(self, params: PyTree) -> np.ndarray:
-        out, self._key = self._act(params, self._policy_input(self._obs), self._key)
-        actions = np.asarray(out)
+        if self._host_policy is not None:
+            actions = np.asarray(self._host_actions(params))
+        else:
+            out, self._key = self._act(params, self._policy_input(self._obs), self._key)
+            actions = np.asarray(out)
         expected = (self.num_envs, *self._action_shape)
         if actions.shape != expected:
             raise PolicyOutputError(
@@ -413,9 +429,10 @@ class GymCollector(HostCallback):
         self._reset(self.resume_seed(self.seed, ctx.bp_step - 1) if resumed else None)
         self._started = True
         self._check_policy_accepts(params)
-        key = self._key
+        key, rng_state = self._key, self._rng.bit_generator.state
         self._policy_actions(params)  # validates the output shape and compiles the policy
         self._key = key
+        self._rng.bit_generator.state = rng_state  # the check draws nothing from the run's noise
         for _ in range(0 if resumed else self.warmup_steps):
             self._step(None if self.random_warmup else self._params(ctx))
 
@@ -423,7 +440,10 @@ class GymCollector(HostCallback):
         """Trace (not compile) the policy on the env's observations; a clear error if it cannot take them."""
         obs = self._policy_input(self._obs)
         try:
-            jax.eval_shape(self._act, params, obs, self._key)
+            if self._host_policy is not None:
+                self._host_policy.act(self._host_policy.to_host(params), obs, np.random.default_rng(0))
+            else:
+                jax.eval_shape(self._act, params, obs, self._key)
         except Exception as e:
             shapes = jax.tree.map(lambda x: tuple(x.shape), obs)
             raise ObservationShapeError(
@@ -665,6 +685,8 @@ class ThreadedGymCollector(GymCollector):
         return self._step_lock
 
     def _copy_params(self, ctx: Context) -> PyTree:
+        if self._host_policy is not None:  # a host policy acts on NumPy arrays: copy them to the host here
+            return jax.tree.map(lambda x: np.array(x, copy=True), self._params(ctx))  # a copy, not a view
         return jax.block_until_ready(jax.tree.map(jnp.copy, self._params(ctx)))
 
     def _raise_if_failed(self) -> None:
