@@ -253,9 +253,12 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
     reps = b.reps(3, 1)
     envs = ["pendulum"] if b.quick else ["pendulum", "halfcheetah"]
     variants = [("ours_gym_k1", dict(k=1, threaded=False)), ("ours_threaded_k1", dict(k=1, threaded=True)),
-                ("ours_gym_k32", dict(k=32, threaded=False))]
+                ("ours_gym_k32", dict(k=32, threaded=False)),
+                ("ours_gym_device_act_k32", dict(k=32, threaded=False, act_on_host=False))]
+    ks = sorted({kw["k"] for _, kw in variants})
+    only_updates = 400 if b.quick else 1600
     out: dict[str, Any] = {"warmup_steps": warmup, "measured_steps": measured, "skip_steps": skip, "reps": reps,
-                           "reference_threads": ref_threads, "envs": {}}
+                           "reference_threads": ref_threads, "update_only_updates": only_updates, "envs": {}}
     with b.ours() as ours, b.ref() as ref:
         ref("set_threads", threads=ref_threads)
         for env in envs:
@@ -269,8 +272,12 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
             raw: dict[str, list] = {n: [] for n, _ in variants}
             raw.update({"reference": [], "load": []})
             upd: dict[str, list] = {n: [] for n, _ in variants}
+            only: dict[str, list] = {f"ours_k{k}": [] for k in ks}  # update-only, same shapes, same process
             notes = set()
             total = warmup + skip + measured
+            o, a = SHAPES[env]
+            for k in ks:
+                ours("update_setup", name=f"e2e-{env}-{k}", obs_dim=o, n_actions=a, k=k)
 
             def run_ours() -> None:
                 for n, kw in variants:
@@ -280,6 +287,8 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
                     upd[n].append(_rate([(r["bp_step"], r["elapsed_s"]) for r in res["rows"] if r["env_steps"] >= warmup + skip], 0))
                     if res.get("note"):
                         notes.add(res["note"])
+                for k in ks:
+                    only[f"ours_k{k}"].append(ours("update_run", name=f"e2e-{env}-{k}", n_updates=only_updates)["updates_per_s"])
 
             def run_ref() -> None:
                 res = ref("sac_run", env_id=ref_id, env_steps=total, warmup_steps=warmup)
@@ -295,9 +304,12 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
                 "env_ids": {"ours": ours_id, "reference": ref_id},
                 "env_steps_per_s": {n: _stats(v) for n, v in raw.items() if n != "load"},
                 "updates_per_s": {n: _stats(v) for n, v in upd.items()},
+                "update_only_per_s": {n: _stats(v) for n, v in only.items()},
                 "ratio": {n: med[n] / med["reference"] for n, _ in variants}, "load": raw["load"],
                 "notes": sorted(notes),
             }
+            for k in ks:
+                ours("update_drop", name=f"e2e-{env}-{k}")
     return out
 
 
@@ -430,13 +442,14 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
         rows.append((f"end-to-end >= 3x reference ({env})",
                      f"{r['ratio'][best]:.2f}x ({best}); " + ", ".join(f"{n} {v:.2f}x" for n, v in r["ratio"].items()),
                      r["ratio"][best] >= 3))
-        shape = r.get("shape", env)
-        upd = up.get("shapes", {}).get(shape)
-        if upd:
+        # update-only throughput at the same K: measured inside the e2e suite, alternating with the e2e runs
+        # (older results: from the update suite)
+        only_by_k = r.get("update_only_per_s") or up.get("shapes", {}).get(r.get("shape", env), {}).get("updates_per_s")
+        if only_by_k:
             fracs = []
             for n in r["ratio"]:
                 k = int(n.rsplit("_k", 1)[1])
-                only = upd["updates_per_s"].get(f"ours_k{k}", {}).get("median")
+                only = only_by_k.get(f"ours_k{k}", {}).get("median")
                 if only:
                     fracs.append((n, r["updates_per_s"][n]["median"] / only))
             if fracs:
@@ -504,8 +517,13 @@ def write_markdown(res: dict, path: Path, stem: str) -> None:
         L += ["", "## 2. End-to-end training throughput (env steps/s, one update per env step)", "",
               f"1 env, batch 256, {e2e['warmup_steps']} random warm-up steps, then {e2e['measured_steps']} steps timed "
               f"after skipping {e2e['skip_steps']} (compilation); {e2e['reps']} repetitions. Reference at "
-              f"{e2e['reference_threads']} torch thread(s), driven by this harness's own collector callback.", "",
-              "| env | variant | env steps/s (median, min-max) | updates/s | ratio |", "| --- | --- | --- | --- | --- |"]
+              f"{e2e['reference_threads']} torch thread(s), driven by this harness's own collector callback. "
+              "`device_act`: the collector calls the jitted policy every env step instead of its NumPy mirror on the host. "
+              f"Update-only: {e2e.get('update_only_updates', '?')} updates through `Trainer` on a synthetic batch of the "
+              "same shapes at the same K, in the same worker, alternating with the e2e runs; "
+              "of update-only = updates/s of the e2e run / that.", "",
+              "| env | variant | env steps/s (median, min-max) | updates/s | update-only updates/s | of update-only | ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
         for env, r in e2e["envs"].items():
             if "skipped" in r:
                 L.append(f"| {env} | skipped | {r['skipped']} | | |")
@@ -513,8 +531,12 @@ def write_markdown(res: dict, path: Path, stem: str) -> None:
             for n, st in r["env_steps_per_s"].items():
                 u = r["updates_per_s"].get(n, {}).get("median")
                 ratio = f"{r['ratio'][n]:.2f}x" if n in r["ratio"] else ""
+                only = frac = None
+                if n != "reference" and r.get("update_only_per_s"):
+                    only = r["update_only_per_s"].get(f"ours_k{int(n.rsplit('_k', 1)[1])}", {}).get("median")
+                    frac = f"{100 * u / only:.0f}%" if (u and only) else None
                 L.append(f"| {r['env_ids']['ours' if n != 'reference' else 'reference']} | {n} | {_fmt(st['median'])} "
-                         f"({_fmt(st['min'])}-{_fmt(st['max'])}) | {_fmt(u)} | {ratio} |")
+                         f"({_fmt(st['min'])}-{_fmt(st['max'])}) | {_fmt(u)} | {_fmt(only)} | {frac or ''} | {ratio} |")
             for note in r.get("notes", []):
                 L.append(f"| {env} | note | {note} | | |")
         L += ["", f"![end to end]({stem}-e2e.png)"]

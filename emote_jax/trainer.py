@@ -76,6 +76,12 @@ def _sorted_callbacks(callbacks: Sequence[_Base]) -> list[_Base]:
     return sorted(callbacks, key=lambda cb: cb.order)
 
 
+@jax.jit
+def _add_step_axis(batch: PyTree) -> PyTree:
+    """``(B, ...) -> (1, B, ...)`` for every leaf, in one compiled call (device arrays at K = 1)."""
+    return jax.tree.map(lambda x: x[None], batch)
+
+
 def _cycle_due(bp_step: int, cycle: int | None, begin: bool) -> bool:
     if not cycle:
         return False
@@ -240,7 +246,10 @@ class Trainer:
             return batch, size
         items = [self._pop_size(next(it), stacked=False) for _ in range(self.steps_per_call)]
         if len(items) == 1:  # no copy, and device arrays (a prefetching loader) stay on the device
-            return jax.tree.map(lambda x: x[None], items[0][0]), items[0][1]
+            batch = items[0][0]
+            if any(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)):
+                return _add_step_axis(batch), items[0][1]  # one dispatch for the tree, not one per leaf
+            return jax.tree.map(lambda x: x[None], batch), items[0][1]
 
         def stack(*xs: Any) -> Any:
             return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack([np.asarray(x) for x in xs])
