@@ -190,7 +190,11 @@ class PolicyLoss(LossCallback):
 
 
 class AlphaLoss(LossCallback):
-    """``mean(ln_alpha * (-logp - target_entropy))``, logp from a fresh sample of the updated policy.
+    """``mean(ln_alpha * (-logp - target_entropy))``, logp of a sample of the updated policy.
+
+    The sample is drawn with the step's key, which :class:`PolicyLoss` also uses: the same noise ``eps``
+    pushed through the updated parameters. The reference draws independent noise for the two; both
+    give unbiased estimates, and sharing it saves a PRNG call per step.
 
     After each step ``ln_alpha`` is clamped so that ``alpha <= max_alpha``. The slot's params are
     ``{"ln_alpha": ()}``; ``target_entropy`` (default ``-n_actions``) is a hyperparameter in the slot,
