@@ -317,7 +317,8 @@ class Trainer:
                     for cb in self.host_callbacks:
                         if _cycle_due(step, cb.cycle, begin=True) and overrides(cb, "begin_cycle"):  # skip no-ops
                             self._host_hook(cb, "begin_cycle", step)
-                batches = jax.device_put(batches)
+                # NumPy batches go straight into the compiled call, which moves them in its own dispatch:
+                # an explicit jax.device_put first costs ~0.2 ms per call on the CPU for nothing
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
                     state, key, metrics = self._compiled(self.ctx.state, self.ctx.key, batches)
