@@ -136,11 +136,12 @@ def test_a_second_signal_aborts_at_once_without_the_rest_of_end_training(tmp_pat
     later = Probe("later", order=3000)
     ck = Checkpointer(cbs, tmp_path / "ck", 100)
     t = Trainer([*cbs, first, ck, later], batches(), seed=0)
+    previous = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job, default_int_handler in a terminal
     with pytest.raises(TrainingAborted, match="SIGINT received after SIGINT"):
         t.train()
     assert first.ended == 0 and later.ended == 0  # aborted inside the first end_training
     assert checkpoint_steps(tmp_path / "ck") == []  # the Checkpointer's end_training never ran
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler was put back even on abort
 
 
 class EnvCrash(RuntimeError):
