@@ -186,29 +186,6 @@ def compile_time(obs_dim: int, n_actions: int, k: int, batch: int = 256, hidden:
 
 
 # ---- suite 2 and 3: SAC on gym envs ---------------------------------------------------------------
-def _threaded_run(cfg: Any, out: io.StringIO) -> Any:
-    """The threaded SAC run, wired by hand from the library's public pieces the way ``build_sac`` does
-    (used when ``SACConfig(threaded=True)`` itself fails)."""
-    from emote_jax.collectors import ThreadedGymCollector, memory_spec
-    from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
-    from emote_jax.train import EnvStepBudget, ProgressLines, SACRun, check_spaces, make_vector_env, policy_act
-
-    env = make_vector_env(cfg)
-    obs_dim, n_actions = check_spaces(env)
-    obs_spec, action_shape = memory_spec(env)
-    table = ReplayTable(cfg.memory_size, obs_spec, action_shape, seed=cfg.seed)
-    loader = MemoryLoader(table, cfg.batch_size, 1, steps_per_call=cfg.steps_per_call)
-    callbacks, policy_net = make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=jax.random.key(cfg.seed),
-                                               hidden_dims=cfg.hidden_dims)
-    collector = ThreadedGymCollector(env, policy_act(policy_net), MemoryProxy(table), params_slot="policy",
-                                     warmup_steps=cfg.warmup_steps, random_warmup=True, seed=cfg.seed,
-                                     max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step)
-    progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out)
-    trainer = Trainer([*callbacks, collector, MemoryWarmup(loader), EnvStepBudget(collector, cfg.env_steps), progress],
-                      loader, steps_per_call=cfg.steps_per_call, seed=cfg.seed)
-    return SACRun(cfg, trainer, collector, env, table, loader, policy_net, progress)
-
-
 def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0, k: int = 1,
             threaded: bool = False, log_interval: int = 100, eval_episodes: int = 0,
             act_on_host: bool = True) -> dict:
@@ -223,14 +200,7 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
                     threaded=threaded, log_interval=log_interval, eval_episodes=eval_episodes,
                     act_on_host=act_on_host)
     out = io.StringIO()
-    note = None
-    try:
-        run = build_sac(cfg, out)
-    except TypeError as e:
-        if not threaded:
-            raise
-        note = f"SACConfig(threaded=True) failed ({e}); wired ThreadedGymCollector by hand"
-        run = _threaded_run(cfg, out)
+    run = build_sac(cfg, out)
     t0 = time.perf_counter()
     try:
         ctx = run.trainer.train()
@@ -242,7 +212,7 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
     if eval_episodes:
         returns = evaluate(cfg, run.policy_net, ctx.state["policy"]["params"], eval_episodes, seed=seed + 10_000)
     return {"wall_s": wall, "env_steps": run.collector.env_steps, "bp_steps": run.trainer.bp_step - 1,
-            "rows": rows, "eval_returns": returns, "note": note,
+            "rows": rows, "eval_returns": returns,
             "episode_returns": list(run.collector.episode_returns)}
 
 

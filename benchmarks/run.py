@@ -273,7 +273,6 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
             raw.update({"reference": [], "load": []})
             upd: dict[str, list] = {n: [] for n, _ in variants}
             only: dict[str, list] = {f"ours_k{k}": [] for k in ks}  # update-only, same shapes, same process
-            notes = set()
             total = warmup + skip + measured
             o, a = SHAPES[env]
             for k in ks:
@@ -285,8 +284,6 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
                     pts = [(r["env_steps"], r["elapsed_s"]) for r in res["rows"]]
                     raw[n].append(_rate(pts, warmup + skip))
                     upd[n].append(_rate([(r["bp_step"], r["elapsed_s"]) for r in res["rows"] if r["env_steps"] >= warmup + skip], 0))
-                    if res.get("note"):
-                        notes.add(res["note"])
                 for k in ks:
                     only[f"ours_k{k}"].append(ours("update_run", name=f"e2e-{env}-{k}", n_updates=only_updates)["updates_per_s"])
 
@@ -306,7 +303,6 @@ def suite_e2e(b: Bench, ref_threads: int) -> dict:
                 "updates_per_s": {n: _stats(v) for n, v in upd.items()},
                 "update_only_per_s": {n: _stats(v) for n, v in only.items()},
                 "ratio": {n: med[n] / med["reference"] for n, _ in variants}, "load": raw["load"],
-                "notes": sorted(notes),
             }
             for k in ks:
                 ours("update_drop", name=f"e2e-{env}-{k}")
@@ -537,8 +533,6 @@ def write_markdown(res: dict, path: Path, stem: str) -> None:
                     frac = f"{100 * u / only:.0f}%" if (u and only) else None
                 L.append(f"| {r['env_ids']['ours' if n != 'reference' else 'reference']} | {n} | {_fmt(st['median'])} "
                          f"({_fmt(st['min'])}-{_fmt(st['max'])}) | {_fmt(u)} | {_fmt(only)} | {frac or ''} | {ratio} |")
-            for note in r.get("notes", []):
-                L.append(f"| {env} | note | {note} | | |")
         L += ["", f"![end to end]({stem}-e2e.png)"]
     ln = s.get("learning")
     if ln and ln.get("grid"):
