@@ -26,7 +26,7 @@ from emote_jax.callback import (
     overrides,
 )
 from emote_jax.context import Context, PyTree
-from emote_jax.faults import NonFiniteError, SignalShutdown, TrainingAborted, first_nonfinite
+from emote_jax.faults import NONFINITE_SUFFIX, NonFiniteError, SignalShutdown, TrainingAborted, first_nonfinite
 
 TRAINER_SLOT = "trainer"
 
@@ -88,6 +88,62 @@ def _cycle_due(bp_step: int, cycle: int | None, begin: bool) -> bool:
     return (bp_step - 1) % cycle == 0 if begin else bp_step % cycle == 0
 
 
+class _MetricsLayout:
+    """Where each metric of one compiled call lies in the call's packed metrics.
+
+    The compiled step returns its metrics (``name -> (K, *shape)``) as one array per dtype, of shape
+    ``(rows, K)``: one row per scalar metric (``size`` rows for a metric of per-step shape ``shape``),
+    so that the host fetches one buffer per call instead of one per metric, and each scalar metric is a
+    contiguous ``(K,)`` view of it.
+    """
+
+    def __init__(self, metrics: dict[str, jax.ShapeDtypeStruct]):
+        self.dtypes: list[np.dtype] = []
+        self.entries: list[tuple[str, int, int, int, tuple[int, ...]]] = []  # name, group, lo, hi, shape
+        rows: dict[np.dtype, int] = {}
+        for name, value in metrics.items():
+            dtype, shape = np.dtype(value.dtype), tuple(value.shape[1:])
+            if dtype not in rows:
+                rows[dtype] = 0
+                self.dtypes.append(dtype)
+            lo = rows[dtype]
+            rows[dtype] = lo + int(np.prod(shape, dtype=np.int64))
+            self.entries.append((name, self.dtypes.index(dtype), lo, rows[dtype], shape))
+        self.names = [e[0] for e in self.entries]
+        # the common case: scalar metrics of one dtype, rows in metric order
+        self.simple = len(self.dtypes) <= 1 and all(e[4] == () for e in self.entries)
+        scalar_flags = [e for e in self.entries if e[0].endswith(NONFINITE_SUFFIX) and e[4] == ()]
+        self.flag_rows = {g: np.array([e[2] for e in scalar_flags if e[1] == g], np.intp)
+                          for g in range(len(self.dtypes))}
+        self.flag_rows = {g: r for g, r in self.flag_rows.items() if r.size}
+        self.other_flags = [e[0] for e in self.entries if e[0].endswith(NONFINITE_SUFFIX) and e[4] != ()]
+
+    def pack(self, metrics: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        """(traced) ``name -> (K, *shape)`` to one ``(rows, K)`` array per dtype."""
+        groups: list[list[jax.Array]] = [[] for _ in self.dtypes]
+        for name, g, lo, hi, _shape in self.entries:
+            value = metrics[name]
+            groups[g].append(jnp.reshape(value, (value.shape[0], hi - lo)).T)
+        return tuple(jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0] for rows in groups)
+
+    def unpack(self, host: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Host arrays of :meth:`pack` to ``name -> (K, *shape)`` (views, no copies)."""
+        if self.simple:
+            return dict(zip(self.names, host[0])) if self.names else {}
+        out = {}
+        for name, g, lo, hi, shape in self.entries:
+            rows = host[g]
+            out[name] = rows[lo] if shape == () else rows[lo:hi].T.reshape(rows.shape[1], *shape)
+        return out
+
+    def flagged(self, host: list[np.ndarray], metrics: dict[str, np.ndarray]) -> bool:
+        """Whether any non-finite flag is set (NaN, a cycle hook that did not run, is not set)."""
+        for g, rows in self.flag_rows.items():
+            if (host[g][rows] > 0).any():
+                return True
+        return any(np.any(np.asarray(metrics[n]) > 0) for n in self.other_flags)
+
+
 class Trainer:
     """Runs callbacks through the training loop, compiling their device hooks into one step.
 
@@ -132,6 +188,7 @@ class Trainer:
         # a loader that samples K > 1 steps at once stacks them itself; at K = 1 it adds no axis
         self._loader_stacks = loader_k is not None and loader_k > 1
         self.num_compilations = 0
+        self._layouts: list[_MetricsLayout] = []
         self.last_metrics: dict[str, np.ndarray] = {}
         #: The signal ("SIGINT", "SIGTERM") that ended the last ``train`` early, else None.
         self.interrupted_by: str | None = None
@@ -205,9 +262,27 @@ class Trainer:
         return (state, key), ctx.metrics
 
     def _run_steps(self, state: PyTree, key: jax.Array, batches: PyTree) -> tuple[PyTree, jax.Array, dict]:
+        """K steps; the metrics come back packed (see :class:`_MetricsLayout`), keyed by their layout's
+        index in ``self._layouts``: the key is part of the output's structure, so every compiled
+        version of this function names its own layout."""
         self.num_compilations += 1  # runs only while tracing, i.e. once per compilation
         (state, key), metrics = jax.lax.scan(self._one_step, (state, key), batches)
-        return state, key, metrics
+        layout = _MetricsLayout(metrics)
+        self._layouts.append(layout)
+        return state, key, {len(self._layouts) - 1: layout.pack(metrics)}
+
+    def _fetch_metrics(self, packed: dict[int, tuple[jax.Array, ...]], first: int) -> dict[str, np.ndarray]:
+        """Bring a call's packed metrics to the host (one buffer per dtype), set :attr:`last_metrics`,
+        and raise :class:`NonFiniteError` if a non-finite flag is set."""
+        ((index, arrays),) = packed.items()
+        layout = self._layouts[index]
+        host = [np.asarray(a) for a in arrays]  # waits for the call; no per-metric transfer
+        self.last_metrics = metrics = layout.unpack(host)
+        if layout.flagged(host, metrics):
+            bad = first_nonfinite(metrics, first)
+            if bad is not None:
+                raise NonFiniteError(*bad)
+        return metrics
 
     # ---- host side ---------------------------------------------------------------------------------
     def _call(self, cb: _Base, hook: str, *args: Any) -> Any:
@@ -324,10 +399,7 @@ class Trainer:
                     state, key, metrics = self._compiled(self.ctx.state, self.ctx.key, batches)
                 self.ctx = self.ctx.replace(state=state, key=key)
                 self.bp_samples += size * k
-                self.last_metrics = jax.device_get(metrics)
-                bad = first_nonfinite(self.last_metrics, first)
-                if bad is not None:
-                    raise NonFiniteError(*bad)
+                self._fetch_metrics(metrics, first)
                 for step in steps:
                     for cb in self.host_callbacks:
                         if _cycle_due(step, cb.cycle, begin=False) and overrides(cb, "end_cycle"):  # skip no-ops

@@ -1,0 +1,82 @@
+"""The lean K = 1 path: packed metrics, the host hook schedule, validating a transition once."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emote_jax import Callback, HostCallback, Trainer
+from emote_jax.faults import NonFiniteError
+
+
+def batches(n: int | None = None):
+    rng = np.random.default_rng(0)
+    i = 0
+    while n is None or i < n:
+        i += 1
+        yield {"x": rng.normal(size=(4, 2)).astype(np.float32)}
+
+
+class Mixed(Callback):
+    """Logs metrics of several dtypes and shapes (set with replace: ctx.log takes scalars only)."""
+
+    def __init__(self, flag_at: int | None = None, vector_flag_at: int | None = None):
+        super().__init__(name="mixed")
+        self.flag_at, self.vector_flag_at = flag_at, vector_flag_at
+
+    def backward(self, ctx):
+        m = dict(ctx.metrics)
+        m["f"] = ctx.batch["x"].sum()
+        m["i"] = ctx.bp_step * 2
+        m["b"] = ctx.bp_step % 2 == 0
+        m["vec"] = jnp.arange(3, dtype=jnp.float32) + ctx.bp_step
+        m["mat"] = jnp.ones((2, 2), jnp.int32) * ctx.bp_step
+        flag = 0.0 if self.flag_at is None else jnp.where(ctx.bp_step == self.flag_at, 1.0, 0.0)
+        m["mixed/nonfinite"] = jnp.asarray(flag, jnp.float32)
+        vflag = jnp.zeros((2,), jnp.float32)
+        if self.vector_flag_at is not None:
+            vflag = jnp.where(ctx.bp_step == self.vector_flag_at, 1.0, vflag)
+        m["vector/nonfinite"] = vflag
+        return ctx.replace(metrics=m)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_metrics_of_any_dtype_and_shape_come_back_as_before(k):
+    t = Trainer([Mixed()], batches(3 * k), steps_per_call=k)
+    t.train()
+    m = t.last_metrics
+    first = 2 * k + 1  # the last call's first step
+    steps = np.arange(first, first + k)
+    assert list(m) == sorted(["f", "i", "b", "vec", "mat", "mixed/nonfinite", "vector/nonfinite"])  # as a pytree dict
+    assert m["f"].shape == (k,) and m["f"].dtype == np.float32
+    np.testing.assert_array_equal(m["i"], 2 * steps)
+    assert m["i"].dtype == np.int32
+    np.testing.assert_array_equal(m["b"], steps % 2 == 0)
+    assert m["b"].dtype == np.bool_
+    np.testing.assert_array_equal(m["vec"], np.arange(3)[None] + steps[:, None])
+    np.testing.assert_array_equal(m["mat"], np.ones((k, 2, 2)) * steps[:, None, None])
+    assert m["mat"].dtype == np.int32
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_flag_raises_naming_the_callback_and_step(k):
+    t = Trainer([Mixed(flag_at=5)], batches(), steps_per_call=k)
+    with pytest.raises(NonFiniteError, match=r"'mixed'.*bp_step 5") as e:
+        t.train()
+    assert e.value.callback == "mixed" and e.value.bp_step == 5  # the flagged step itself, at any K
+    assert t.last_metrics["mixed/nonfinite"].max() == 1.0  # end_training hooks saw the flagged call
+
+
+def test_a_non_scalar_flag_is_checked_too():
+    t = Trainer([Mixed(vector_flag_at=3)], batches(), steps_per_call=1)
+    with pytest.raises(NonFiniteError, match=r"'vector'"):
+        t.train()
+
+
+def test_metrics_are_read_only_host_arrays():
+    t = Trainer([Mixed()], batches(2), steps_per_call=1)
+    t.train()
+    for v in t.last_metrics.values():
+        assert isinstance(v, np.ndarray) and not v.flags.writeable
