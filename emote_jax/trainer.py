@@ -76,18 +76,6 @@ def _sorted_callbacks(callbacks: Sequence[_Base]) -> list[_Base]:
     return sorted(callbacks, key=lambda cb: cb.order)
 
 
-@jax.jit
-def _add_step_axis(batch: PyTree) -> PyTree:
-    """``(B, ...) -> (1, B, ...)`` for every leaf, in one compiled call (device arrays at K = 1)."""
-    return jax.tree.map(lambda x: x[None], batch)
-
-
-def _cycle_due(bp_step: int, cycle: int | None, begin: bool) -> bool:
-    if not cycle:
-        return False
-    return (bp_step - 1) % cycle == 0 if begin else bp_step % cycle == 0
-
-
 class _MetricsLayout:
     """Where each metric of one compiled call lies in the call's packed metrics.
 
@@ -192,6 +180,8 @@ class Trainer:
         self.last_metrics: dict[str, np.ndarray] = {}
         #: The signal ("SIGINT", "SIGTERM") that ended the last ``train`` early, else None.
         self.interrupted_by: str | None = None
+        self._ctx: Context
+        self._host_step: int | None = None  # bp_step as a Python int, None: read it from the state
         key = jax.random.key(seed)
         key, init_key = jax.random.split(key)
         state: dict[str, PyTree] = {TRAINER_SLOT: {"bp_step": jnp.asarray(1, jnp.int32)}}
@@ -202,13 +192,29 @@ class Trainer:
         self.bp_samples = 0
         self.ctx = Context(state=state, batch=None, key=key, metrics={}, bp_step=1)
         donate_argnums = (0, 1) if donate else ()
+        #: ``(state, key, batches) -> (state, key, packed metrics)``: K steps, batches with a leading axis K.
         self._compiled = jax.jit(self._run_steps, donate_argnums=donate_argnums)
+        #: The same at K = 1 for a batch without the step axis (added inside: no host work, no extra
+        #: dispatch). The training loop calls this one at K = 1.
+        self._compiled_one = jax.jit(self._run_one, donate_argnums=donate_argnums)
 
     # ---- counters ----------------------------------------------------------------------------------
     @property
+    def ctx(self) -> Context:
+        """The host context: the training state after the last compiled call, the key, the counters."""
+        return self._ctx
+
+    @ctx.setter
+    def ctx(self, value: Context) -> None:
+        self._ctx = value
+        self._host_step = None  # a new state may hold another step (a restored checkpoint)
+
+    @property
     def bp_step(self) -> int:
         """The next backprop step to run (starts at 1; continues from a restored checkpoint)."""
-        return int(self.ctx.state[TRAINER_SLOT]["bp_step"])
+        if self._host_step is None:  # one device read, then counted on the host
+            self._host_step = int(self._ctx.state[TRAINER_SLOT]["bp_step"])
+        return self._host_step
 
     # ---- the compiled step -------------------------------------------------------------------------
     def _device_hook(self, cb: Callback, hook: str, ctx: Context) -> Context:
@@ -271,6 +277,10 @@ class Trainer:
         self._layouts.append(layout)
         return state, key, {len(self._layouts) - 1: layout.pack(metrics)}
 
+    def _run_one(self, state: PyTree, key: jax.Array, batch: PyTree) -> tuple[PyTree, jax.Array, dict]:
+        """:meth:`_run_steps` at K = 1 for one batch without the step axis."""
+        return self._run_steps(state, key, jax.tree.map(lambda x: x[None], batch))
+
     def _fetch_metrics(self, packed: dict[int, tuple[jax.Array, ...]], first: int) -> dict[str, np.ndarray]:
         """Bring a call's packed metrics to the host (one buffer per dtype), set :attr:`last_metrics`,
         and raise :class:`NonFiniteError` if a non-finite flag is set."""
@@ -297,8 +307,11 @@ class Trainer:
     def _host_hook(self, cb: _Base, hook: str, bp_step: int | None = None) -> None:
         ctx = self._host_ctx(bp_step)
         out = self._call(cb, hook, ctx)
-        if out is None:
-            return
+        if out is not None:
+            self._take_host_out(cb, hook, out)
+
+    def _take_host_out(self, cb: _Base, hook: str, out: Any) -> None:
+        """Adopt the context a host hook returned (checked: same state structure, shapes, dtypes)."""
         if not isinstance(out, Context):
             raise StateMismatchError(f"callback {cb.name!r} {hook} must return a Context or None, got {type(out).__name__}")
         state = _check_same_state(self.ctx.state, out.state, cb.name, hook) if hook != "restore_state" else out.state
@@ -313,18 +326,41 @@ class Trainer:
             bp_samples=self.bp_samples,
         )
 
+    def _hook_schedule(self, hook: str) -> list[tuple[HostCallback, int, Callable[[Context], Any]]]:
+        """``(callback, cycle, bound hook)`` of every host callback whose ``hook`` runs at all (it
+        overrides the no-op and has a cycle), in hook order: worked out once per ``train``, not per step."""
+        return [(cb, cb.cycle, getattr(cb, hook)) for cb in self.host_callbacks if cb.cycle and overrides(cb, hook)]
+
+    def _run_host_hooks(self, schedule: list, hook: str, first: int, k: int) -> None:
+        """Run the cycle hooks of ``schedule`` due at steps ``first .. first + k - 1``, step by step."""
+        begin = hook == "begin_cycle"
+        ctx = None
+        for step in range(first, first + k):
+            for cb, cycle, fn in schedule:
+                if cycle != 1 and ((step - 1) % cycle if begin else step % cycle):
+                    continue
+                if ctx is None or ctx.bp_step != step:  # one host context per step, unless a hook replaced it
+                    ctx = self._host_ctx(step)
+                try:
+                    out = fn(ctx)
+                except TrainingShutdownException:
+                    raise
+                except Exception as e:
+                    raise CallbackError(cb.name, hook, step, e) from e
+                if out is not None:
+                    self._take_host_out(cb, hook, out)
+                    ctx = None
+
     def _next_batches(self, it: Any) -> tuple[PyTree, int]:
-        """K batches stacked on a leading axis (host arrays) and the per-step batch size."""
+        """K batches stacked on a leading axis (host arrays) and the per-step batch size; at K = 1 the
+        batch as the loader gave it (the compiled call adds the axis)."""
         if self._loader_stacks:
             batch = next(it)
             batch, size = self._pop_size(batch, stacked=True)
             return batch, size
         items = [self._pop_size(next(it), stacked=False) for _ in range(self.steps_per_call)]
         if len(items) == 1:  # no copy, and device arrays (a prefetching loader) stay on the device
-            batch = items[0][0]
-            if any(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)):
-                return _add_step_axis(batch), items[0][1]  # one dispatch for the tree, not one per leaf
-            return jax.tree.map(lambda x: x[None], batch), items[0][1]
+            return items[0]
 
         def stack(*xs: Any) -> Any:
             return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack([np.asarray(x) for x in xs])
@@ -361,6 +397,7 @@ class Trainer:
         ``end_cycle`` hook of that call runs.
         """
         self.interrupted_by = None
+        self._begun: list[_Base] = []
         signals = SignalShutdown(enabled=handle_signals)
         try:
             with signals:
@@ -374,9 +411,11 @@ class Trainer:
             for cb in self.callbacks:
                 self._host_hook(cb, "restore_state")
             for cb in self.callbacks:
+                self._begun.append(cb)  # its end_training runs even if this begin_training raises
                 self._host_hook(cb, "begin_training")
             it = iter(self.dataloader)
             k = self.steps_per_call
+            begin_hooks, end_hooks = self._hook_schedule("begin_cycle"), self._hook_schedule("end_cycle")
             while True:
                 if signals.received:  # before sampling, so that a resumed run samples what this one would
                     break
@@ -387,23 +426,22 @@ class Trainer:
                 if shutdown_signal() or signals.received:
                     break
                 first = self.bp_step
-                steps = range(first, first + k)
-                for step in steps:
-                    for cb in self.host_callbacks:
-                        if _cycle_due(step, cb.cycle, begin=True) and overrides(cb, "begin_cycle"):  # skip no-ops
-                            self._host_hook(cb, "begin_cycle", step)
+                if begin_hooks:
+                    self._run_host_hooks(begin_hooks, "begin_cycle", first, k)
                 # NumPy batches go straight into the compiled call, which moves them in its own dispatch:
                 # an explicit jax.device_put first costs ~0.2 ms per call on the CPU for nothing
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-                    state, key, metrics = self._compiled(self.ctx.state, self.ctx.key, batches)
-                self.ctx = self.ctx.replace(state=state, key=key)
+                    if k == 1:
+                        state, key, metrics = self._compiled_one(self._ctx.state, self._ctx.key, batches)
+                    else:
+                        state, key, metrics = self._compiled(self._ctx.state, self._ctx.key, batches)
+                self._ctx = self._ctx.replace(state=state, key=key)
+                self._host_step = first + k  # the compiled step counts exactly k steps
                 self.bp_samples += size * k
                 self._fetch_metrics(metrics, first)
-                for step in steps:
-                    for cb in self.host_callbacks:
-                        if _cycle_due(step, cb.cycle, begin=False) and overrides(cb, "end_cycle"):  # skip no-ops
-                            self._host_hook(cb, "end_cycle", step)
+                if end_hooks:
+                    self._run_host_hooks(end_hooks, "end_cycle", first, k)
         except TrainingShutdownException:
             pass
         except TrainingAborted:
@@ -415,8 +453,11 @@ class Trainer:
         return self._host_ctx()
 
     def _end_training(self, raising: bool) -> None:
-        """Run every end_training hook; when already raising, errors here must not mask the first."""
-        for cb in self.callbacks:
+        """Run the end_training hook of every callback whose begin_training was called (a shutdown or an
+        error in an earlier begin_training leaves the later ones unstarted, and they are not ended);
+        when already raising, errors here must not mask the first."""
+        begun, self._begun = self._begun, []
+        for cb in begun:
             try:
                 self._host_hook(cb, "end_training")
             except TrainingShutdownException:

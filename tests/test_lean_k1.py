@@ -80,3 +80,51 @@ def test_metrics_are_read_only_host_arrays():
     t.train()
     for v in t.last_metrics.values():
         assert isinstance(v, np.ndarray) and not v.flags.writeable
+
+
+class Acc(Callback):
+    def __init__(self):
+        super().__init__(name="acc")
+
+    def init_state(self, key):
+        return {"w": jnp.zeros((), jnp.float32)}
+
+    def backward(self, ctx):
+        return ctx.with_slot("acc", {"w": ctx.slot("acc")["w"] + 1.0})
+
+
+class Setter(HostCallback):
+    """At ``at`` it replaces the acc slot (and optionally jumps the trainer's step); records what it saw."""
+
+    def __init__(self, name, order, at=None, jump_to=None, cycle=1):
+        super().__init__(name=name, order=order, cycle=cycle)
+        self.at, self.jump_to, self.seen = at, jump_to, []
+
+    def end_cycle(self, ctx):
+        self.seen.append((ctx.bp_step, float(ctx.state["acc"]["w"]), ctx.bp_samples))
+        if ctx.bp_step == self.at:
+            state = {**ctx.state, "acc": {"w": jnp.asarray(100.0, jnp.float32)}}
+            if self.jump_to is not None:
+                state["trainer"] = {"bp_step": jnp.asarray(self.jump_to, jnp.int32)}
+            return ctx.replace(state=state)
+        return None
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_host_hook_that_returns_a_context_is_seen_by_the_next_hook_of_the_same_step(k):
+    first, second = Setter("first", 1, at=2), Setter("second", 2, cycle=2)
+    t = Trainer([Acc(), first, second], batches(4), steps_per_call=k)
+    t.train()
+    # `second` runs at steps 2 and 4 only, after `first`: at step 2 it sees the slot `first` replaced
+    assert [s[0] for s in second.seen] == [2, 4]
+    assert second.seen[0][1] == 100.0
+    assert first.seen[-1][1] == 102.0  # and the compiled calls after it continued from there
+    assert [s[2] for s in first.seen] == [4 * (k * ((s[0] - 1) // k) + k) for s in first.seen]  # bp_samples per call
+
+
+def test_a_host_hook_that_moves_the_step_counter_is_followed():
+    jump = Setter("jump", 1, at=2, jump_to=10)
+    t = Trainer([Acc(), jump], batches(4), steps_per_call=1)
+    t.train()
+    assert [s[0] for s in jump.seen] == [1, 2, 10, 11]
+    assert t.bp_step == 12
