@@ -23,6 +23,16 @@ CPU. Everything is read and checked before anything changes: on any error (unkno
 another network shape, a truncated or corrupted file, a bad memory export) the running state and the
 memory are as they were. No pickle on any load path.
 
+Integrity: :func:`verify_checkpoint` reads one checkpoint without a run (its metadata, every array against
+the layout it was saved with, the memory) and returns what is wrong with it: unreadable or malformed
+metadata, missing or half-written item directories, arrays that do not read or do not match their CRC-32,
+a memory export that does not read or check. Without a ``step`` the loader checks the newest checkpoint
+first and, when it fails, takes the next older one: each one passed over is named in one
+:class:`CheckpointSkippedWarning` and, once the older one is loaded, renamed to ``<step>.damaged`` (kept
+for inspection, out of the way of the steps the resumed run writes). A checkpoint of an unsupported format
+version is not passed over: that is an error. :func:`inspect_checkpoints` lists a directory with sizes,
+times and the result of the check (``emote-jax checkpoints``).
+
 Host-side state: a callback takes part by defining ``host_state_dict() -> dict`` (NumPy arrays and
 JSON values) and ``load_host_state_dict(dict)``; optionally ``checkpoint_lock()``, a context manager held
 while the checkpoint snapshots it and the memory (a threaded collector pauses between two steps).
@@ -43,7 +53,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import numpy as np
@@ -69,6 +79,22 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(FileNotFoundError):
     """No (such) checkpoint in the directory."""
+
+
+class CheckpointDamagedError(CheckpointError):
+    """The checkpoint asked for, or every checkpoint in the directory, fails its integrity check.
+
+    Attributes:
+        problems: ``{step: [what is wrong, ...]}`` for each checkpoint that failed.
+    """
+
+    def __init__(self, message: str, problems: Mapping[int, Sequence[str]]):
+        super().__init__(message)
+        self.problems = {step: list(p) for step, p in problems.items()}
+
+
+class CheckpointSkippedWarning(RuntimeWarning):
+    """A checkpoint failed its integrity check and an older one was loaded instead (the message names it)."""
 
 
 # ---- host state: JSON with exact, pickle-free arrays -------------------------------------------------
@@ -258,6 +284,234 @@ def _flagged(metrics: Mapping[str, Any]) -> list[str]:
     return [k for k, v in metrics.items() if k.endswith(NONFINITE_SUFFIX) and np.any(np.asarray(v) > 0)]
 
 
+# ---- reading and checking one checkpoint (shared by the loader and verify_checkpoint) ---------------------
+
+#: A checkpoint passed over by a loader is renamed ``<step>.damaged`` (``.damaged.1``, ... if that exists).
+DAMAGED_SUFFIX = ".damaged"
+_TMP_NAME = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+_DAMAGED_NAME = re.compile(r"^(\d+)" + re.escape(DAMAGED_SUFFIX) + r"(\.\d+)?$")
+#: The fields of ``meta/`` a loader relies on, with their JSON types.
+_META_FIELDS: dict[str, type] = {
+    "bp_step": int, "bp_samples": int, "key_impl": str, "callbacks": list, "memory": list, "crc32": dict,
+    "host_state": dict,
+}
+
+
+#: What a problem with each item is called (the loader's messages use the same words).
+_ITEM_PROBLEM = {"meta": "its metadata (meta/) is missing or unreadable",
+                 "state": "its array metadata (state/) is missing, truncated or corrupted",
+                 "memory": "its memory (memory/) could not be read"}
+
+
+class _Problem(Exception):
+    """What is wrong with one checkpoint (without its path), and the exception that showed it.
+
+    ``unsupported`` marks a readable checkpoint of a format version this package cannot load: a loader
+    reports it rather than passing it over for an older one.
+    """
+
+    def __init__(self, what: str, err: BaseException | None = None, *, unsupported: bool = False):
+        super().__init__(what)
+        self.what, self.err, self.unsupported = what, err, unsupported
+
+    def __str__(self) -> str:
+        return self.what if self.err is None else f"{self.what}: {type(self.err).__name__}: {_one_line(str(self.err))}"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """``text`` with its whitespace runs (newlines too) collapsed to one space, without the TensorStore spec
+    that TensorStore errors end with, cut at ``limit`` characters."""
+    text = " ".join(text.split(" [tensorstore_spec=")[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The ``meta/`` item of ``step``, checked for the format name, a supported version and its fields."""
+    try:
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any failure to read is a problem of this checkpoint
+        raise _Problem(_ITEM_PROBLEM["meta"], e) from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise _Problem(f"its metadata (meta/): expected format {CHECKPOINT_FORMAT!r}, got {got!r}")
+    version = meta.get("format_version")
+    if version not in SUPPORTED_CHECKPOINT_FORMAT_VERSIONS:
+        raise _Problem(
+            f"format version {version!r} (written by emote_jax {meta.get('package_version')}) is not supported by "
+            f"emote_jax {_package_version()}, which reads versions {list(SUPPORTED_CHECKPOINT_FORMAT_VERSIONS)}",
+            unsupported=True)
+    bad = [f"{k} ({type(meta.get(k)).__name__})" for k, t in _META_FIELDS.items() if not isinstance(meta.get(k), t)]
+    if bad:
+        expected = ", ".join(f"{k}: {t.__name__}" for k, t in _META_FIELDS.items())
+        raise _Problem(f"its metadata (meta/) is malformed: expected {expected}; got {', '.join(bad)}")
+    return meta
+
+
+def _saved_tree(mngr: ocp.CheckpointManager, step: int) -> Mapping[str, Any]:
+    """The array metadata of ``state/`` (shapes and dtypes as saved)."""
+    try:
+        saved = mngr.item_metadata(step)["state"]
+        tree = getattr(saved, "tree", saved)
+    except Exception as e:  # noqa: BLE001
+        raise _Problem(_ITEM_PROBLEM["state"], e) from e
+    if not isinstance(tree, Mapping):
+        raise _Problem(f"its array metadata (state/) is missing, truncated or corrupted: got {type(tree).__name__}")
+    return tree
+
+
+def _saved_abstract(tree: PyTree) -> PyTree:
+    """ShapeDtypeStructs of saved array metadata, placed on the default device."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=default), tree)
+
+
+def _restore_arrays(mngr: ocp.CheckpointManager, step: int, abstract: PyTree) -> dict[str, PyTree]:
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001
+        raise _Problem("its arrays (state/) could not be read: the checkpoint is truncated or corrupted", e) from e
+
+
+def _restore_memory(mngr: ocp.CheckpointManager, step: int, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(memory=MemoryRestore(sorted(names))))["memory"]
+    except Exception as e:  # noqa: BLE001
+        raise _Problem(_ITEM_PROBLEM["memory"], e) from e
+
+
+def _crc_problems(flat: Mapping[str, Any], crcs: Mapping[str, Any]) -> list[str]:
+    """The arrays of ``flat`` (path -> host array) whose CRC-32 is not the one in ``crcs``, as one message."""
+    bad = sorted(path for path, leaf in flat.items() if crcs.get(path) != _crc32(np.asarray(leaf)))
+    if not bad:
+        return []
+    if len(bad) == 1:
+        return [f"array {bad[0]} does not match its CRC-32: the checkpoint is corrupted"]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return [f"arrays {', '.join(bad[:3])}{more} do not match their CRC-32: the checkpoint is corrupted"]
+
+
+def _missing_items(step_dir: Path, items: Sequence[str]) -> list[_Problem]:
+    """A problem for each of ``items`` whose directory is not in ``step_dir`` (a half-written checkpoint)."""
+    return [_Problem(f"{_ITEM_PROBLEM[item]}: no directory {step_dir / item} (a half-written or partly deleted "
+                     "checkpoint)") for item in items if not (step_dir / item).is_dir()]
+
+
+def _check(mngr: ocp.CheckpointManager, directory: Path, step: int, memory: bool = True) -> list[_Problem]:
+    """Everything wrong with the checkpoint of ``step`` ([] when intact): read and compare, change nothing."""
+    missing = _missing_items(directory / str(step), ["meta", "state"])
+    if missing:
+        return missing
+    try:
+        meta = _read_meta(mngr, step)
+        arrays = _restore_arrays(mngr, step, _saved_abstract(_saved_tree(mngr, step)))
+    except _Problem as p:
+        return [p]
+    flat = _flat(jax.device_get(arrays))
+    problems = [_Problem(text) for text in _crc_problems(flat, meta["crc32"])]
+    absent = sorted(set(meta["crc32"]) - set(flat))
+    if absent:
+        problems.append(_Problem(f"arrays listed in meta/ are not in state/: {', '.join(absent[:3])}"
+                                 + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")))
+    if memory and meta["memory"]:
+        missing = _missing_items(directory / str(step), ["memory"])
+        try:
+            _restore_memory(mngr, step, meta["memory"]) if not missing else None
+        except _Problem as p:
+            missing.append(p)
+        problems += missing
+    return problems
+
+
+def verify_checkpoint(directory: str | os.PathLike, step: int, *, memory: bool = True) -> list[str]:
+    """What is wrong with the checkpoint of ``step`` in ``directory``, one line each; [] when it is intact.
+
+    Reads it as a loader would, without a run and without pickle: the metadata (format, version, fields),
+    every array against the shapes and dtypes it was saved with, each compared with its CRC-32, and (with
+    ``memory``) the replay tables with their own CRC-32s. Changes nothing.
+    """
+    directory = Path(directory).absolute()
+    if not (directory / str(step)).is_dir():
+        return [f"no checkpoint directory {directory / str(step)}"]
+    with contextlib.closing(_reader(directory)) as mngr:
+        return [str(p) for p in _check(mngr, directory, step, memory)]
+
+
+def _set_aside(directory: Path, step: int) -> Path:
+    """Rename the checkpoint of ``step`` to ``<step>.damaged`` (numbered if taken); where it went."""
+    target, n = directory / f"{step}{DAMAGED_SUFFIX}", 0
+    while target.exists():
+        n += 1
+        target = directory / f"{step}{DAMAGED_SUFFIX}.{n}"
+    (directory / str(step)).rename(target)
+    return target
+
+
+# ---- listing a checkpoint directory ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """One entry of a checkpoint directory, as :func:`inspect_checkpoints` found it.
+
+    Attributes:
+        path: the entry's directory.
+        step: the backprop step it is named by.
+        size_bytes: the sizes of its files, summed.
+        modified: the newest modification time (Unix seconds) of a file in it.
+        problems: what :func:`verify_checkpoint` found ([] = intact); None when not checked.
+        note: for an entry that is not a loadable checkpoint, what it is (an interrupted save, a set-aside
+            damaged checkpoint); None for a checkpoint.
+    """
+
+    path: Path
+    step: int
+    size_bytes: int
+    modified: float
+    problems: list[str] | None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A checkpoint that passed its check."""
+        return self.note is None and self.problems == []
+
+
+def _disk_usage(path: Path) -> tuple[int, float]:
+    """(bytes in files under ``path``, newest modification time of them or of ``path``)."""
+    size, newest = 0, path.stat().st_mtime
+    for root, _, files in os.walk(path):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            size, newest = size + st.st_size, max(newest, st.st_mtime)
+    return size, newest
+
+
+def inspect_checkpoints(directory: str | os.PathLike, *, verify: bool = True) -> list[CheckpointInfo]:
+    """The checkpoints in ``directory`` by step (with ``verify``, each checked by :func:`verify_checkpoint`),
+    and the leftovers next to them: interrupted saves and checkpoints set aside as damaged.
+
+    Raises :class:`CheckpointNotFoundError` if ``directory`` is not a directory.
+    """
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint directory {directory}")
+    entries = []
+    for step in checkpoint_steps(directory):
+        path = directory / str(step)
+        size, modified = _disk_usage(path)
+        problems = verify_checkpoint(directory, step) if verify else None
+        entries.append(CheckpointInfo(path, step, size, modified, problems))
+    notes = ((_TMP_NAME, "an interrupted save, not loadable (the next Checkpointer here removes it)"),
+             (_DAMAGED_NAME, "set aside: it failed its integrity check when a run resumed from an older one"))
+    for path in sorted(p for p in directory.iterdir() if p.is_dir()):
+        for pattern, note in notes:
+            m = pattern.match(path.name)
+            if m:
+                size, modified = _disk_usage(path)
+                entries.append(CheckpointInfo(path, int(m.group(1)), size, modified, None, note))
+    return sorted(entries, key=lambda e: (e.step, e.note is not None, e.path.name))
+
+
 # ---- the Checkpointer ---------------------------------------------------------------------------------
 
 
@@ -439,6 +693,10 @@ class Checkpointer(HostCallback):
             self.close()
 
 
+def _texts(failed: Mapping[int, Sequence[_Problem]]) -> dict[int, list[str]]:
+    return {s: [str(p) for p in problems] for s, problems in failed.items()}
+
+
 def _package_version() -> str:
     try:
         from emote_jax import __version__
@@ -459,7 +717,10 @@ class CheckpointLoader(HostCallback):
         callbacks: the callbacks to restore (the slot of each, and the host-side state of those that
             have one). Names must be unique.
         directory: the checkpoint directory a :class:`Checkpointer` wrote.
-        step: which checkpoint (None: the latest).
+        step: which checkpoint. None: the newest one that passes its integrity check
+            (:func:`verify_checkpoint`); each newer one that fails is named in a
+            :class:`CheckpointSkippedWarning` and (with ``set_aside_damaged``) renamed ``<step>.damaged``
+            once the older one is loaded. With a step: exactly that one, or an error.
         load_network / load_optimizer / load_hparams: which categories of each slot to restore
             (``Callback.load_state_dict``); a slot's "other" parts are always restored.
         load_counters: restore ``bp_step``, ``bp_samples`` and the trainer's PRNG key (training then
@@ -467,11 +728,17 @@ class CheckpointLoader(HostCallback):
         load_host_state: restore the host-side state of the callbacks that have one.
         memory: the table(s) to fill from the checkpoint's memory (None: leave the memory alone).
         strict: refuse a checkpoint that holds callbacks or tables this loader was not given.
+        set_aside_damaged: rename checkpoints later than the loaded one that fail their check to
+            ``<step>.damaged`` (kept for inspection; a run that resumes here writes its own checkpoints at
+            those steps). Later checkpoints that pass are left alone.
+        out: where to print one line naming the checkpoint restored (None: silent).
 
-    Raises (from ``restore_state``; nothing has changed then) :class:`CheckpointNotFoundError`, or
-    :class:`CheckpointError` naming the problem: an unknown format version, missing or unexpected
+    Raises (from ``restore_state``; nothing has changed then) :class:`CheckpointNotFoundError`;
+    :class:`CheckpointDamagedError` when the asked checkpoint, or every one, fails its integrity check;
+    or :class:`CheckpointError` naming the problem: an unknown format version, missing or unexpected
     names, arrays whose shape or dtype differ from the running state's (another network shape), a
-    truncated or corrupted file (unreadable, or a CRC-32 mismatch), a memory export that does not fit.
+    memory export that does not fit. The integrity check reads a checkpoint once more than loading it
+    does (arrays and memory); a CRC-32 check of what is loaded stays in the load itself.
     """
 
     def __init__(
@@ -487,6 +754,8 @@ class CheckpointLoader(HostCallback):
         load_host_state: bool = True,
         memory: ReplayTable | Mapping[str, ReplayTable] | None = None,
         strict: bool = True,
+        set_aside_damaged: bool = True,
+        out: TextIO | None = None,
         name: str = "checkpoint_loader",
         order: int = -1,
     ):
@@ -498,8 +767,11 @@ class CheckpointLoader(HostCallback):
         self.step = step
         self.flags = {"load_network": load_network, "load_optimizer": load_optimizer, "load_hparams": load_hparams}
         self.load_counters, self.load_host_state, self.strict = load_counters, load_host_state, strict
+        self.set_aside_damaged, self.out = set_aside_damaged, out
         #: The step of the checkpoint restored by the last ``restore_state``.
         self.loaded_step: int | None = None
+        #: ``{step: where it went}`` for the damaged checkpoints the last load renamed.
+        self.set_aside: dict[int, Path] = {}
 
     def restore_state(self, ctx: Context) -> Context:
         return self.load(ctx)
@@ -509,36 +781,82 @@ class CheckpointLoader(HostCallback):
         return CheckpointError(f"checkpoint {self.directory / str(step)}: {what}{detail}")
 
     def load(self, ctx: Context) -> Context:
-        """``ctx`` with the checkpoint restored into it (and the host state and memory loaded)."""
+        """``ctx`` with the checkpoint restored into it (and the host state and memory loaded).
+
+        Without a ``step``: the newest checkpoint that passes :func:`verify_checkpoint`; the newer ones
+        that fail are named in one :class:`CheckpointSkippedWarning` each (after the load).
+        """
         if not self.directory.is_dir():
             raise CheckpointNotFoundError(f"no checkpoint directory {self.directory}")
         with contextlib.closing(_reader(self.directory)) as mngr:
             steps = sorted(mngr.all_steps())
             if not steps:
                 raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
-            step = steps[-1] if self.step is None else self.step
-            if step not in steps:
-                raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.directory}; have {steps}")
-            new_ctx, commit = self._read(mngr, step, ctx)
+            if self.step is not None and self.step not in steps:
+                raise CheckpointNotFoundError(f"no checkpoint of step {self.step} in {self.directory}; have {steps}")
+            step, failed = self._pick(mngr, steps)
+            try:
+                new_ctx, commit = self._read(mngr, step, ctx)
+            except CheckpointError as e:
+                if failed:  # say why this one and not a newer one
+                    raise CheckpointError(f"{e} (newer checkpoints failed their integrity check: "
+                                          f"{self._summary(failed)})") from e
+                raise
+            later_failed = failed if self.step is None else self._failing(mngr, [s for s in steps if s > step])
         commit()
         self.loaded_step = step
+        self._report(step, later_failed)
         return new_ctx
+
+    def _failing(self, mngr: ocp.CheckpointManager, steps: Sequence[int]) -> dict[int, list[_Problem]]:
+        """``{step: problems}`` of those of ``steps`` that fail their integrity check."""
+        found = {s: _check(mngr, self.directory, s, memory=bool(self.memory)) for s in steps}
+        return {s: p for s, p in found.items() if p}
+
+    def _pick(self, mngr: ocp.CheckpointManager, steps: list[int]) -> tuple[int, dict[int, list[_Problem]]]:
+        """The step to load (the asked one, or the newest intact one) and the newer ones that failed."""
+        failed: dict[int, list[_Problem]] = {}
+        for step in [self.step] if self.step is not None else steps[::-1]:
+            problems = _check(mngr, self.directory, step, memory=bool(self.memory))
+            unsupported = next((p for p in problems if p.unsupported), None)
+            if unsupported is not None:  # not damage: a newer format; loading an older one would hide that
+                raise self._fail(step, unsupported.what)
+            if not problems:
+                return step, failed
+            failed[step] = problems
+        if self.step is not None:
+            raise CheckpointDamagedError(f"checkpoint {self.directory / str(self.step)} fails its integrity check: "
+                                         f"{'; '.join(map(str, failed[self.step]))}", _texts(failed))
+        what = "the only checkpoint" if len(failed) == 1 else f"every checkpoint ({len(failed)})"
+        raise CheckpointDamagedError(f"{what} in {self.directory} fails its integrity check: {self._summary(failed)}",
+                                     _texts(failed))
+
+    def _summary(self, failed: Mapping[int, Sequence[_Problem]]) -> str:
+        return "; ".join(f"{self.directory / str(s)}: {', '.join(map(str, p))}" for s, p in sorted(failed.items(),
+                                                                                                    reverse=True))
+
+    def _report(self, step: int, later_failed: Mapping[int, Sequence[_Problem]]) -> None:
+        """Set aside the later checkpoints that failed, warn once for each, and say what was loaded."""
+        self.set_aside = {}
+        for s, problems in sorted(later_failed.items(), reverse=True):
+            where = self.directory / str(s)
+            moved = ""
+            if self.set_aside_damaged:
+                self.set_aside[s] = _set_aside(self.directory, s)
+                moved = f"; renamed it to {self.set_aside[s].name}"
+            loaded = f"loaded bp step {step} instead" if self.step is None else f"loaded the asked bp step {step}"
+            warnings.warn(CheckpointSkippedWarning(
+                f"checkpoint {where} fails its integrity check ({'; '.join(map(str, problems))}); {loaded}{moved}"),
+                stacklevel=3)
+        if self.out is not None:
+            print(f"resuming from the checkpoint of bp step {step} in {self.directory}", file=self.out, flush=True)
 
     def _read(self, mngr: ocp.CheckpointManager, step: int, ctx: Context) -> tuple[Context, Callable[[], None]]:
         """Read and check everything; return the new context and a commit of the host-side changes."""
         try:
-            meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - any failure to read is reported with the checkpoint's path
-            raise self._fail(step, "its metadata (meta/) is missing or unreadable", e) from e
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise self._fail(step, f"expected format {CHECKPOINT_FORMAT!r}, got {got!r}")
-        version = meta.get("format_version")
-        if version not in SUPPORTED_CHECKPOINT_FORMAT_VERSIONS:
-            raise self._fail(
-                step, f"format version {version!r} (written by emote_jax {meta.get('package_version')}) is not "
-                f"supported by emote_jax {_package_version()}, which reads versions "
-                f"{list(SUPPORTED_CHECKPOINT_FORMAT_VERSIONS)}")
+            meta = _read_meta(mngr, step)
+        except _Problem as p:
+            raise self._fail(step, p.what, p.err) from p.err
 
         # names
         wanted = [cb for cb in self.callbacks if cb.name in ctx.state]
@@ -561,27 +879,22 @@ class CheckpointLoader(HostCallback):
         current = _state_tree(wanted, ctx)
         abstract = _abstract(current)
         try:
-            saved_meta = mngr.item_metadata(step)["state"]
-            saved_flat = _flat(getattr(saved_meta, "tree", saved_meta))
-        except Exception as e:  # noqa: BLE001
-            raise self._fail(step, "its array metadata (state/) is missing, truncated or corrupted", e) from e
+            saved_tree = _saved_tree(mngr, step)
+        except _Problem as p:
+            raise self._fail(step, p.what, p.err) from p.err
         ours = {cb.name for cb in wanted} | {TRAINER_SLOT}
+        saved_flat = _flat(saved_tree)
         self._check_layout(step, _flat(abstract), {p: m for p, m in saved_flat.items() if p.split("/")[0] in ours})
         if extra:  # strict=False: the parts of other callbacks are read (as saved) and dropped
-            saved_tree = getattr(saved_meta, "tree", saved_meta)
-            default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            abstract = {**abstract, **{n: jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=default), saved_tree[n])
-                for n in extra}}
+            abstract = {**abstract, **{n: _saved_abstract(saved_tree[n]) for n in extra}}
         try:
-            restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-        except Exception as e:  # noqa: BLE001
-            raise self._fail(step, "its arrays (state/) could not be read: the checkpoint is truncated or corrupted",
-                             e) from e
-        crcs = meta.get("crc32", {})
-        for path, leaf in _flat(jax.device_get({k: v for k, v in restored.items() if k in ours})).items():
-            if crcs.get(path) != _crc32(np.asarray(leaf)):
-                raise self._fail(step, f"array {path} does not match its CRC-32: the checkpoint is corrupted")
+            restored = _restore_arrays(mngr, step, abstract)
+        except _Problem as p:
+            raise self._fail(step, p.what, p.err) from p.err
+        crc_problems = _crc_problems(_flat(jax.device_get({k: v for k, v in restored.items() if k in ours})),
+                                     meta["crc32"])
+        if crc_problems:
+            raise self._fail(step, crc_problems[0])
 
         # the new state (pure)
         state = dict(ctx.state)
@@ -604,9 +917,9 @@ class CheckpointLoader(HostCallback):
         tables = {}
         if self.memory:
             try:
-                tables = mngr.restore(step, args=ocp.args.Composite(memory=MemoryRestore(sorted(self.memory))))["memory"]
-            except Exception as e:  # noqa: BLE001
-                raise self._fail(step, "its memory (memory/) could not be read", e) from e
+                tables = _restore_memory(mngr, step, list(self.memory))
+            except _Problem as p:
+                raise self._fail(step, p.what, p.err) from p.err
             for name, table in self.memory.items():
                 try:
                     table.load_state_dict(tables[name], where=f"memory {name!r}", check_only=True)

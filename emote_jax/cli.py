@@ -2,19 +2,75 @@
 
 ``emote-jax train`` trains SAC with the default configuration (Pendulum-v1, 15k env steps) and evaluates
 the deterministic policy at the end. Every :class:`~emote_jax.train.SACConfig` field has an option.
+``emote-jax eval RUN_DIR`` evaluates the trained policy of a run; ``emote-jax checkpoints RUN_DIR`` lists
+its checkpoints with their sizes, times and integrity.
+
+Errors come as one line on stderr, ``emote-jax: error: <message>``, and the exit status says what to do
+(:data:`EXIT_STATUSES`, also in ``emote-jax --help``). ``--debug`` (before or after the command) or
+``EMOTE_JAX_DEBUG=1`` lets the exception through with its traceback instead. Warnings of emote_jax itself
+(e.g. a damaged checkpoint passed over on ``--resume``) come as one line ``emote-jax: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
+import gymnasium
+
+from emote_jax.callback import CallbackError
+from emote_jax.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    checkpoint_steps,
+    inspect_checkpoints,
+    verify_checkpoint,
+)
+from emote_jax.errors import ConfigError
 from emote_jax.train import SACConfig, train_sac
+
+PROG = "emote-jax"
+#: The environment variable that, set to 1, shows tracebacks as ``--debug`` does.
+DEBUG_ENV = "EMOTE_JAX_DEBUG"
+DEBUG_HINT = f"(run with --debug, or {DEBUG_ENV}=1, for the traceback)"
+EXIT_STATUSES = f"""exit status:
+  0    done (train: also after a first Ctrl+C/SIGTERM, which writes a final checkpoint)
+  1    a failure at run time: no intact checkpoint to resume from, a non-finite loss, a callback
+       error, an unreadable policy, ... (one line; --debug or {DEBUG_ENV}=1 shows the traceback)
+  2    a bad setting or argument: an invalid option value, an env id gymnasium does not know, an env
+       whose spaces SAC cannot take, a RUN_DIR that does not exist or is not a run directory, a
+       --resume without checkpoints, a --resume-step with no such checkpoint
+  130  aborted (a second Ctrl+C/SIGTERM, or one before training began)
+"""
+#: gymnasium's errors for an env id it does not know: a bad --env, so exit status 2.
+_UNKNOWN_ENV_ERRORS = (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv)
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class UsageError(Exception):
+    """A bad command line or argument (exit status 2): the message says what was expected and what came."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (a :class:`UsageError`), not usage and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_debug(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help=f"let errors through with their traceback (also: {DEBUG_ENV}=1)")
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -31,6 +87,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     d = SACConfig()
     p = sub.add_parser("train", help="train SAC (default: Pendulum-v1, 15k env steps) and evaluate it",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_debug(p, argparse.SUPPRESS)
     p.add_argument("--env", dest="env_id", default=d.env_id, help="gymnasium env id (Box actions)")
     p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -69,13 +126,19 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                    help="backprop steps between checkpoints in RUN_DIR/checkpoints (0: no checkpoints)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="how many latest checkpoints to keep")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its latest checkpoint, with its config.json (options "
-                        "given here that differ from their defaults override it, e.g. a larger --steps)")
+                   help="continue the run in --run-dir from its newest intact checkpoint, with its config.json "
+                        "(options given here that differ from their defaults override it, e.g. a larger --steps). "
+                        "A newer checkpoint that fails its integrity check is named in one warning line, passed "
+                        "over and renamed <step>.damaged; with none intact: exit status 1")
+    p.add_argument("--resume-step", type=int, default=None, metavar="N",
+                   help="with --resume: from exactly the checkpoint of bp step N, or fail (no other is tried; "
+                        "a later intact checkpoint is refused, as the resumed run would write among them)")
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate the trained policy of a run directory",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_debug(p, argparse.SUPPRESS)
     p.add_argument("run_dir", help="a run directory written by `emote-jax train` (config.json, policy/)")
     p.add_argument("--episodes", type=int, default=10, help="deterministic episodes")
     p.add_argument("--seed", type=int, default=None,
@@ -85,67 +148,269 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video-episodes", type=int, default=1)
 
 
-def _resume_args(parser: argparse.ArgumentParser, args: dict) -> dict:
-    """The saved config.json of ``--run-dir``, overridden by the options that differ from their defaults."""
-    from emote_jax.checkpoint import latest_checkpoint_step
-
-    if args["run_dir"] is None:
-        parser.error("--resume needs --run-dir: the run directory to continue")
-    run_dir = Path(args["run_dir"])
-    config = run_dir / "config.json"
-    if not config.is_file():
-        parser.error(f"--resume: {config} does not exist; is {run_dir} a run directory of `emote-jax train`?")
-    if latest_checkpoint_step(run_dir / "checkpoints") is None:
-        parser.error(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    saved = json.loads(config.read_text())
-    for k in ("hidden_dims", "q_hidden_dims"):  # JSON turned the tuples into lists
-        if isinstance(saved.get(k), list):
-            saved[k] = tuple(saved[k])
-    defaults = vars(parser.parse_args(["train"]))
-    return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "run_dir": str(run_dir)}
+def _checkpoints_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("checkpoints", help="list the checkpoints of a run directory and check their integrity",
+                       description="List RUN_DIR/checkpoints: one row per checkpoint with its bp step, size on disk, "
+                                   "modification time and integrity (ok, or what is wrong), and the leftovers next "
+                                   "to them (interrupted saves, checkpoints set aside as damaged). Exit status 0 "
+                                   "when at least one checkpoint is intact, 1 when none is, 2 when RUN_DIR or "
+                                   "RUN_DIR/checkpoints does not exist.")
+    _add_debug(p, argparse.SUPPRESS)
+    p.add_argument("run_dir", help="a run directory written by `emote-jax train` (its checkpoints/)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emote-jax", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The ``emote-jax`` parser (errors raise :class:`UsageError`)."""
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], epilog=EXIT_STATUSES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _eval_parser(sub)
-    args = vars(parser.parse_args(argv))
-    command = args.pop("command")
-    if command == "train":
-        resume = args.pop("resume")
-        if resume:
-            args = _resume_args(parser, args)
-        elif args["run_dir"] is None:
-            args["run_dir"] = f"runs/sac-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        fields = {f.name for f in dataclasses.fields(SACConfig)}
-        cfg = SACConfig(**{k: v for k, v in args.items() if k in fields})
-        try:
-            cfg.validate()
-        except ValueError as e:
-            parser.error(str(e))
-        try:
-            train_sac(cfg, resume=resume)
-        except KeyboardInterrupt as e:  # a second SIGINT/SIGTERM (TrainingAborted), or one before training began
-            print(f"emote-jax train: aborted ({e or 'KeyboardInterrupt'})", file=sys.stderr)
-            return 130
-        print(f"run directory: {cfg.run_dir}")
-        return 0
-    if command == "eval":
-        from emote_jax.evaluation import evaluate_run
+    _checkpoints_parser(sub)
+    return parser
 
-        if args["episodes"] < 1 or args["video_episodes"] < 1:
-            parser.error(f"expected --episodes and --video-episodes >= 1, got {args['episodes']} and "
+
+# ---- run directories ------------------------------------------------------------------------------------
+
+
+def _run_dir(path: str | None, what: str) -> Path:
+    """``path`` as a run directory of `emote-jax train` (it holds config.json), or a UsageError naming it."""
+    if path is None:
+        raise UsageError(f"{what} needs a run directory (--run-dir)")
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UsageError(f"{what}: the run directory {run_dir} does not exist")
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(f"{what}: {run_dir / 'config.json'} does not exist; is {run_dir} a run directory of "
+                         "`emote-jax train`?")
+    return run_dir
+
+
+def _check_resume_step(checkpoints: Path, steps: list[int], step: int) -> None:
+    """Refuse a --resume-step that names no checkpoint, or one with later intact checkpoints after it."""
+    if step not in steps:
+        raise UsageError(f"--resume-step {step}: {checkpoints} has no checkpoint of bp step {step}; it has {steps}")
+    later = [s for s in steps if s > step and not verify_checkpoint(checkpoints, s)]
+    if later:
+        raise UsageError(f"--resume-step {step}: {checkpoints} also holds the later intact checkpoint(s) {later}, "
+                         "among which the resumed run would write its own; resume the newest with --resume alone, "
+                         f"or move them out of {checkpoints} first")
+
+
+def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any]:
+    """The saved config.json of ``--run-dir``, overridden by the options that differ from their defaults."""
+    run_dir = _run_dir(args["run_dir"], "--resume")
+    checkpoints = run_dir / "checkpoints"
+    steps = checkpoint_steps(checkpoints)
+    if not steps:
+        raise UsageError(f"--resume: no checkpoint in {checkpoints} (was the run trained with "
+                         "--checkpoint-interval 0?)")
+    if resume_step is not None:
+        _check_resume_step(checkpoints, steps, resume_step)
+    config = run_dir / "config.json"
+    try:
+        saved = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: {config} is not readable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume: {config}: expected a JSON object of settings, got {type(saved).__name__}")
+    for k in ("hidden_dims", "q_hidden_dims"):  # JSON turned the tuples into lists
+        if isinstance(saved.get(k), list):
+            saved[k] = tuple(saved[k])
+    defaults = vars(build_parser().parse_args(["train"]))
+    return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "run_dir": str(run_dir)}
+
+
+# ---- the commands ---------------------------------------------------------------------------------------
+
+
+def _train(args: dict[str, Any]) -> int:
+    resume, resume_step = args.pop("resume"), args.pop("resume_step")
+    if resume_step is not None and not resume:
+        raise UsageError("--resume-step needs --resume (and --run-dir): it picks the checkpoint to resume from")
+    if resume:
+        args = _resume_args(args, resume_step)
+    elif args["run_dir"] is None:
+        args["run_dir"] = f"runs/sac-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    fields = {f.name for f in dataclasses.fields(SACConfig)}
+    cfg = SACConfig(**{k: v for k, v in args.items() if k in fields})
+    try:
+        cfg.validate()
+    except ConfigError:
+        raise
+    except ValueError as e:  # a setting SACConfig refuses is a setting error, whatever its type
+        raise ConfigError(str(e)) from e
+    train_sac(cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now, not of import
+    print(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+def _eval(args: dict[str, Any]) -> int:
+    from emote_jax.evaluation import evaluate_run
+
+    run_dir = _run_dir(args["run_dir"], "eval")
+    if args["episodes"] < 1 or args["video_episodes"] < 1:
+        raise UsageError(f"expected --episodes and --video-episodes >= 1, got {args['episodes']} and "
                          f"{args['video_episodes']}")
-        try:
-            evaluate_run(args["run_dir"], episodes=args["episodes"], seed=args["seed"], video_dir=args["video_dir"],
-                         video_episodes=args["video_episodes"])
-        except (FileNotFoundError, ValueError, TypeError) as e:  # not a run directory, or one that does not fit
-            print(f"emote-jax eval: {e}", file=sys.stderr)
-            return 1
-        return 0
-    parser.error(f"unknown command {command!r}")
-    return 2
+    evaluate_run(run_dir, episodes=args["episodes"], seed=args["seed"], video_dir=args["video_dir"],
+                 video_episodes=args["video_episodes"])
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def checkpoint_row(e: CheckpointInfo) -> str:
+    """One row of `emote-jax checkpoints`: step, size, modification time, and ok / what is wrong."""
+    if e.note is not None:
+        check = f"({e.path.name}: {e.note})"
+    elif e.problems:
+        check = "FAILED: " + "; ".join(e.problems)
+    else:
+        check = "ok" if e.problems == [] else "not checked"
+    modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.modified))
+    return f"{e.step:>10}  {_size(e.size_bytes):>10}  {modified}  {check}"
+
+
+def _checkpoints(args: dict[str, Any]) -> int:
+    run_dir = Path(args["run_dir"])
+    if not run_dir.is_dir():
+        raise UsageError(f"checkpoints: the run directory {run_dir} does not exist")
+    directory = run_dir / "checkpoints"
+    if not directory.is_dir():
+        raise UsageError(f"checkpoints: {run_dir} has no checkpoints/ directory (not a run directory of "
+                         "`emote-jax train`, or one trained with --checkpoint-interval 0)")
+    entries = inspect_checkpoints(directory)
+    print(f"checkpoints in {directory.absolute()}:")
+    print(f"{'bp step':>10}  {'size':>10}  {'modified':<19}  integrity")
+    for e in entries:
+        print(checkpoint_row(e))
+    if not any(e.ok for e in entries):
+        what = "no checkpoint" if not any(e.note is None for e in entries) else "no intact checkpoint"
+        _error(f"{what} in {directory.absolute()}: nothing to resume from")
+        return 1
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[dict[str, Any]], int]] = {"train": _train, "eval": _eval, "checkpoints": _checkpoints}
+
+
+# ---- errors and warnings as one line ---------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: its lines stripped and joined with a space."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from (a callback error's ``original``, ``__cause__``),
+    outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.original if isinstance(exc, CallbackError) else exc.__cause__  # type: ignore[assignment]
+
+
+def exit_status(exc: BaseException) -> int:
+    """2 for a bad setting (a :class:`~emote_jax.errors.ConfigError`, an env id gymnasium does not know,
+    also when a callback error was raised from one), 1 for any other failure."""
+    return 2 if any(isinstance(e, (ConfigError, *_UNKNOWN_ENV_ERRORS)) for e in _causes(exc)) else 1
+
+
+def error_message(exc: BaseException) -> str:
+    """What to print for ``exc``: the setting error's own message (it names the option); for a failure at
+    run time its type and message, a callback error that came from a checkpoint unwrapped (the
+    checkpoint's message names it)."""
+    setting = next((e for e in _causes(exc) if isinstance(e, (ConfigError, *_UNKNOWN_ENV_ERRORS))), None)
+    if setting is not None:
+        return str(setting) if isinstance(setting, ConfigError) else f"--env: {setting}"
+    if isinstance(exc, CallbackError) and isinstance(exc.original, CheckpointError):
+        exc = exc.original
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _debug_requested(args: dict[str, Any]) -> bool:
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return bool(args.get("debug")) or env not in ("", "0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show warnings issued from emote_jax's own code as one line ``emote-jax: warning: ...``."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+            if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
+                print(f"{PROG}: warning: {_one_line(str(message))}", file=sys.stderr, flush=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        yield
+
+
+def _quiet_library_noise() -> None:
+    """Keep what Orbax and TensorStore print around a damaged checkpoint off the terminal, for the rest of
+    the process (the exit comes after ``main`` returns): absl warnings (e.g. on a half-written step it
+    lists), asyncio's "Future exception was never retrieved", and the "Event loop is closed" errors of
+    reads abandoned after the first failure. The failure itself reaches the user as one line."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if getattr(sys.unraisablehook, "_emote_jax_filter", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._emote_jax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``emote-jax`` command; the exit status (:data:`EXIT_STATUSES`)."""
+    try:
+        args = vars(build_parser().parse_args(argv))
+    except UsageError as e:
+        _error(str(e))
+        return 2
+    debug = _debug_requested(args)
+    args.pop("debug", None)
+    command = args.pop("command")
+    try:
+        with contextlib.ExitStack() as stack:
+            if not debug:
+                stack.enter_context(_one_line_warnings())
+                _quiet_library_noise()
+            return _COMMANDS[command](args)
+    except UsageError as e:
+        _error(str(e))
+        return 2
+    except KeyboardInterrupt as e:  # a second SIGINT/SIGTERM (TrainingAborted), or one before training began
+        print(f"{PROG} {command}: aborted ({e or 'KeyboardInterrupt'})", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line (or a traceback with --debug)
+        if debug:
+            raise
+        status = exit_status(e)
+        _error(error_message(e) + (f" {DEBUG_HINT}" if status == 1 else ""))
+        return status
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
 from emote_jax.algorithms.sac import make_sac_callbacks
 from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
-from emote_jax.checkpoint import CheckpointLoader, Checkpointer, latest_checkpoint_step
+from emote_jax.checkpoint import CheckpointLoader, Checkpointer
 from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.context import Context
 from emote_jax.evaluation import save_policy
@@ -171,7 +171,7 @@ class SACRun:
 
 
 def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False,
-              extra_callbacks: Sequence[Callback | HostCallback] = ()) -> SACRun:
+              extra_callbacks: Sequence[Callback | HostCallback] = (), resume_step: int | None = None) -> SACRun:
     """Assemble env, memory, loader, collector, SAC callbacks and trainer from ``cfg``.
 
     ``extra_callbacks`` (device or host) join the trainer after the recipe's own; their metrics are
@@ -180,7 +180,8 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
     Every check (spaces, settings) happens here, before anything is compiled. With a ``run_dir`` and
     ``checkpoint_interval > 0`` a :class:`~emote_jax.checkpoint.Checkpointer` writes
     ``run_dir/checkpoints`` (networks, optimizers, hparams, counters, RNG, collector state, memory);
-    ``resume`` restores the latest of them before training (see docs/decisions/0004).
+    ``resume`` restores the newest of them that passes its integrity check (``resume_step``: exactly that
+    one) before training, and prints which to ``out`` (see docs/decisions/0004).
     """
     cfg.validate()
     env = make_vector_env(cfg)
@@ -227,7 +228,8 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
         if resume:
             if cfg.run_dir is None:
                 raise ValueError("resume needs SACConfig.run_dir (the checkpoints are in run_dir/checkpoints)")
-            host.append(CheckpointLoader([*callbacks, collector], Path(cfg.run_dir) / "checkpoints", memory=table))
+            host.append(CheckpointLoader([*callbacks, collector], Path(cfg.run_dir) / "checkpoints", memory=table,
+                                         step=resume_step, out=out))
         trainer = Trainer([*callbacks, *host, *extra_callbacks], loader, steps_per_call=cfg.steps_per_call,
                           seed=cfg.seed)
     except BaseException:
@@ -258,19 +260,17 @@ def evaluate(cfg: SACConfig, policy_net: GaussianPolicy, params: Any, episodes: 
     return returns
 
 
-def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False) -> dict[str, Any]:
+def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False,
+              resume_step: int | None = None) -> dict[str, Any]:
     """Train SAC per ``cfg``, evaluate, write ``config.json`` and ``result.json`` to ``run_dir``.
 
     Returns the result: evaluation returns and their mean, wall time, updates/s, env steps, bp steps.
-    ``resume`` continues from the latest checkpoint in ``run_dir/checkpoints``. A SIGINT/SIGTERM ends
+    ``resume`` continues from the newest intact checkpoint in ``run_dir/checkpoints`` (``resume_step``:
+    from exactly that one; see :class:`~emote_jax.checkpoint.CheckpointLoader`). A SIGINT/SIGTERM ends
     training cleanly (final checkpoint, no evaluation; ``result["interrupted_by"]`` names the signal).
     """
     t0 = time.perf_counter()
-    if resume and out is not None and cfg.run_dir:
-        step = latest_checkpoint_step(Path(cfg.run_dir) / "checkpoints")
-        print(f"resuming from the checkpoint of bp step {step} in {Path(cfg.run_dir) / 'checkpoints'}", file=out,
-              flush=True)
-    run = build_sac(cfg, out, resume=resume)
+    run = build_sac(cfg, out, resume=resume, resume_step=resume_step)  # the loader prints the step it resumes
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
