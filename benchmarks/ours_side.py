@@ -65,12 +65,52 @@ def synthetic_batch(obs_dim: int, n_actions: int, batch: int, k: int, seed: int 
 _TRAINERS: dict[str, tuple[Trainer, SyntheticLoader]] = {}
 
 
+class SampledLoader:
+    """Yields ``n_calls`` batches freshly sampled by a :class:`MemoryLoader` (host NumPy, K-stacked), then
+    ends: the update-only loop with the replay sampling a real run does (sbx's ``train`` samples too)."""
+
+    def __init__(self, memory_loader: Any, n_calls: int = 0):
+        self.memory_loader, self.n_calls = memory_loader, n_calls
+        self.steps_per_call = memory_loader.steps_per_call
+
+    def __iter__(self):
+        for _ in range(self.n_calls):
+            yield self.memory_loader.sample_batch()
+
+
+def filled_table(obs_dim: int, n_actions: int, fill: int, capacity: int = 1_000_000, seed: int = 0) -> Any:
+    """A ``ReplayTable(capacity)`` holding ``fill`` random transitions (1000-step episodes)."""
+    from emote_jax.memory import ReplayTable
+
+    table = ReplayTable(capacity, {"obs": ((obs_dim,), np.float32)}, (n_actions,), seed=seed)
+    rng = np.random.default_rng(seed)
+    while table.size() < fill:
+        n = min(1000, fill - table.size())
+        term = np.zeros(n, bool)
+        term[-1] = True
+        table.add_transitions(agent_ids=np.zeros(n, np.int64), episode_ids=np.full(n, table.new_episode_id()),
+                              steps=np.arange(n), observation={"obs": rng.standard_normal((n, obs_dim), np.float32)},
+                              actions=rng.uniform(-1, 1, (n, n_actions)).astype(np.float32),
+                              rewards=rng.standard_normal(n).astype(np.float32),
+                              next_observation={"obs": rng.standard_normal((n, obs_dim), np.float32)},
+                              terminated=term, truncated=np.zeros(n, bool))
+    return table
+
+
 def update_setup(name: str, obs_dim: int, n_actions: int, k: int, batch: int = 256,
-                 hidden: list[int] = (256, 256), warmup_calls: int = 3, seed: int = 0) -> dict:
-    """Build SAC (``make_sac_callbacks``) and a Trainer over the synthetic loader; compile and warm up."""
+                 hidden: list[int] = (256, 256), warmup_calls: int = 3, seed: int = 0, sampled: bool = False,
+                 fill: int = 10_000) -> dict:
+    """Build SAC (``make_sac_callbacks``) and a Trainer over the synthetic loader (or, with ``sampled``, over
+    batches sampled from a ReplayTable holding ``fill`` random transitions); compile and warm up."""
     callbacks, _ = make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=jax.random.key(seed),
                                       hidden_dims=tuple(hidden))
-    loader = SyntheticLoader(synthetic_batch(obs_dim, n_actions, batch, k, seed), k, warmup_calls)
+    if sampled:
+        from emote_jax.memory import MemoryLoader
+
+        table = filled_table(obs_dim, n_actions, fill, seed=seed)
+        loader = SampledLoader(MemoryLoader(table, batch, 1, steps_per_call=k), warmup_calls)
+    else:
+        loader = SyntheticLoader(synthetic_batch(obs_dim, n_actions, batch, k, seed), k, warmup_calls)
     trainer = Trainer(callbacks, loader, steps_per_call=k, seed=seed)
     t0 = time.perf_counter()
     trainer.train()
@@ -216,6 +256,23 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
             "episode_returns": list(run.collector.episode_returns)}
 
 
+def train_sac_run(env_id: str, env_steps: int, seed: int = 0, eval_episodes: int = 10) -> dict:
+    """``emote_jax.train.train_sac`` with the default ``SACConfig`` (what ``emote-jax train --run-dir`` does,
+    minus checkpoints) in a temporary run dir; returns its result and the episodes of ``episodes.csv``
+    as ``(env step, return)``."""
+    import tempfile
+
+    from emote_jax.logging import read_episodes_csv
+    from emote_jax.train import SACConfig, train_sac
+
+    with tempfile.TemporaryDirectory(prefix="emote_jax_bench_") as d:
+        cfg = SACConfig(env_id=env_id, env_steps=env_steps, seed=seed, eval_episodes=eval_episodes, run_dir=d,
+                        checkpoint_interval=0)
+        result = train_sac(cfg, out=None)
+        episodes = [(e.env_steps, e.ret) for e in read_episodes_csv(os.path.join(d, "episodes.csv"))]
+    return {"result": result, "episodes": episodes, "config": cfg.to_json() | {"run_dir": None}}
+
+
 # ---- suite 4: memory ------------------------------------------------------------------------------
 def memory_fill(transitions: int = 1_000_000, obs_dim: int = 17, n_actions: int = 6, episode_len: int = 1000,
                 sample_batch: int = 256, sample_reps: int = 50) -> dict:
@@ -277,5 +334,5 @@ if __name__ == "__main__":
     _worker.serve({
         "info": info, "update_setup": update_setup, "update_run": update_run, "update_drop": update_drop,
         "roofline_setup": roofline_setup, "roofline_run": roofline_run, "compile_time": compile_time,
-        "sac_run": sac_run, "memory_fill": memory_fill, "check_env": check_env,
+        "sac_run": sac_run, "memory_fill": memory_fill, "check_env": check_env, "train_sac_run": train_sac_run,
     })

@@ -1,19 +1,38 @@
 #!/usr/bin/env python3
-"""emote_jax against the PyTorch reference (emote-rl 23.0.0): one command for the whole suite.
+"""emote_jax against the PyTorch reference (emote-rl 23.0.0) and the peers (sbx-rl, stable-baselines3): one command.
 
-    python3 benchmarks/run.py            # every suite (about 45 minutes on 2 cores)
-    python3 benchmarks/run.py --quick    # a short smoke run of every suite (a few minutes)
+    python3 benchmarks/run.py            # the default suites (about 70 minutes on 2 cores)
+    python3 benchmarks/run.py --quick    # a short smoke run of the default suites (a few minutes)
     python3 benchmarks/run.py --suites update compile memory
+    python3 benchmarks/run.py --suites peers            # vs sbx-rl / SB3: update-only and end to end (~20-25 min)
+    python3 benchmarks/run.py --suites peers-learning   # learning curves vs sbx-rl (many hours; resumable)
+    python3 benchmarks/run.py --suites peers-learning --envs halfcheetah --steps 300000 --seeds 0 1 2
 
 On first use it creates what it needs: the project's ``.venv`` (``pip install -e .`` plus
-``benchmarks/requirements.txt``) and the reference's own ``benchmarks/.ref-venv``. It writes
+``benchmarks/requirements.txt``), the reference's own ``benchmarks/.ref-venv`` and, for the peers
+suites, ``benchmarks/.peers-venv`` (``benchmarks/requirements-peers.txt``: sbx-rl 0.28.0 on the
+project's jax 0.10.2, stable-baselines3 2.9.2 on torch 2.13.0+cpu). It writes
 ``benchmarks/results/<host>-<date>[-quick].{json,md}`` and ``<stem>-<suite>.png`` plots. Running a
 subset of suites merges them into that day's file, so suites can be run separately.
 
 Each side runs in its own long-lived worker subprocess (``ours_side.py`` in the project venv,
-``reference_side.py`` in the reference venv; JSON lines over pipes, see ``_worker.py``). Every
-comparison runs both sides in this one run, alternating repetitions (ABBA order), and reports medians
-and the ratio ours / reference. CPU suites run JAX with ``JAX_PLATFORMS=cpu``.
+``reference_side.py`` in the reference venv, ``peers_side.py`` in the peers venv; JSON lines over
+pipes, see ``_worker.py``). Every comparison runs the sides in this one run, alternating repetitions
+(ABBA order), and reports medians and the ratio ours / other. CPU suites run JAX with ``JAX_PLATFORMS=cpu``.
+
+The peers suites (section 6 and 7 of the Markdown; see :func:`suite_peers` and
+:func:`suite_peers_learning` for the method):
+
+* ``peers``: update-only updates/s (ours' ``Trainer`` on a synthetic device batch and on batches sampled
+  from a ReplayTable; the peers' ``model.train(gradient_steps=K, batch_size=256)`` on a filled replay
+  buffer) and end-to-end env steps/s (ours ``build_sac`` with steps_per_call K; the peers ``learn()`` with
+  train_freq = gradient_steps = K), K = 1 and 32, Pendulum-v1 and HalfCheetah-v5, SB3 included. In the
+  default set: it adds about half of the other suites' time, not double.
+* ``peers-learning``: SAC learning curves, ours ``train_sac`` (default config) vs sbx (train_freq 1),
+  mean of the last 10 episodes' returns every 5000 env steps (1000 for runs under 50k steps), options
+  ``--steps --seeds --envs --learn-sides``. Each finished (side, env, seed, steps) run is written to
+  the results JSON at once and skipped when the command is run again (also from an earlier day's file
+  of this host), so an interrupted run resumes where it stopped. Not in the default set.
 """
 
 from __future__ import annotations
@@ -46,9 +65,19 @@ REF_DEPS = ["torch==2.13.0", "numpy<2", "onnx==1.16.1", "gymnasium[mujoco]==0.29
 REF_PACKAGE = "emote-rl==23.0.0"
 REF_MARKER = REF_VENV / ".benchmarks-ready"
 
+# The peers (sbx-rl, stable-baselines3): their own venv, pinned in requirements-peers.txt.
+PEERS_VENV = HERE / ".peers-venv"
+PEERS_REQUIREMENTS = HERE / "requirements-peers.txt"
+PEERS_MARKER = PEERS_VENV / ".benchmarks-ready"
+PEER_NAMES = {"sbx": "sbx-rl (JAX)", "sb3": "stable-baselines3 (PyTorch)"}
+
 SHAPES = {"pendulum": (3, 1), "halfcheetah": (17, 6)}
 ENVS = {"pendulum": ("Pendulum-v1", "Pendulum-v1"), "halfcheetah": ("HalfCheetah-v5", "HalfCheetah-v4")}
-SUITES = ["update", "e2e", "learning", "compile", "memory", "gpu"]
+SUITES = ["update", "e2e", "learning", "compile", "memory", "gpu", "peers", "peers-learning"]
+# peers-learning (hours: 300k-step HalfCheetah runs) is never run unless named.
+DEFAULT_SUITES = ["update", "e2e", "learning", "compile", "memory", "gpu", "peers"]
+REF_SUITES = {"update", "e2e", "learning", "memory", "gpu"}  # the suites that need the reference's venv
+PEER_SUITES = {"peers", "peers-learning"}
 
 
 # ---- environments ------------------------------------------------------------------------------------
@@ -86,6 +115,23 @@ def ensure_ref_venv() -> Path:
     _run([str(py), "-c", "import emote, emote.sac, emote.memory, torch, gymnasium; gymnasium.make('HalfCheetah-v4')"],
          cwd=WORKDIR)
     REF_MARKER.write_text(spec)
+    return py
+
+
+def ensure_peers_venv() -> Path:
+    """``benchmarks/.peers-venv`` with sbx-rl and stable-baselines3 as pinned in requirements-peers.txt
+    (created on first use; reinstalled when that file changes). The project's .venv is not touched."""
+    py = _venv_python(PEERS_VENV)
+    spec = PEERS_REQUIREMENTS.read_text()
+    if PEERS_MARKER.exists() and PEERS_MARKER.read_text() == spec and py.exists():
+        return py
+    if not py.exists():
+        _run([sys.executable, "-m", "venv", str(PEERS_VENV)])
+    _run([str(py), "-m", "pip", "install", "-q", "-r", str(PEERS_REQUIREMENTS)])
+    WORKDIR.mkdir(exist_ok=True)
+    _run([str(py), "-c", "import sbx, stable_baselines3, torch, jax, gymnasium; gymnasium.make('HalfCheetah-v5')"],
+         cwd=WORKDIR)
+    PEERS_MARKER.write_text(spec)
     return py
 
 
@@ -133,8 +179,9 @@ CPU_ENV = {"JAX_PLATFORMS": "cpu"}
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, ours_py: Path, ref_py: Path, log: Path):
-        self.args, self.ours_py, self.ref_py, self.log = args, ours_py, ref_py, log
+    def __init__(self, args: argparse.Namespace, ours_py: Path, ref_py: Path | None, log: Path,
+                 peers_py: Path | None = None):
+        self.args, self.ours_py, self.ref_py, self.log, self.peers_py = args, ours_py, ref_py, log, peers_py
         self.quick = args.quick
 
     def ours(self, env: dict[str, str] | None = None) -> Side:
@@ -142,6 +189,9 @@ class Bench:
 
     def ref(self) -> Side:
         return Side("reference", self.ref_py, "reference_side.py", self.log)
+
+    def peers(self) -> Side:
+        return Side("peers", self.peers_py, "peers_side.py", self.log, CPU_ENV)
 
     def reps(self, full: int, quick: int) -> int:
         return self.args.reps or (quick if self.quick else full)
@@ -410,6 +460,259 @@ def suite_gpu(b: Bench) -> dict:
     return suite_update(b, gpu=True)
 
 
+# ---- suite 6: the peers, sbx-rl and stable-baselines3 -----------------------------------------------------
+def _rotate(fns: list, r: int) -> list:
+    """The order of the sides in repetition ``r``: forward on even repetitions, reversed on odd (ABBA)."""
+    return fns if r % 2 == 0 else fns[::-1]
+
+
+def suite_peers(b: Bench, peer_threads: str) -> dict:
+    """Ours against sbx-rl and stable-baselines3: update-only throughput, then end-to-end env steps/s.
+
+    Update only, per env's shapes and K in (1, 32), alternating repetitions of: ours through ``Trainer``
+    on a synthetic device batch (``ours_k``, the update suite's method) and on batches sampled from a
+    ReplayTable holding 10k random transitions (``ours_sampled_k``); each peer's
+    ``model.train(gradient_steps=K, batch_size=256)`` on a replay buffer holding 10k random transitions
+    (the peers sample inside ``train``; SB3 at torch's default thread count and at 1 thread).
+    End to end, per env and K: ``sac_run`` (ours: ``build_sac``, steps_per_call K, one update per env
+    step) and ``model.learn`` (peers: train_freq = gradient_steps = K), 1000 random warm-up steps
+    (``learning_starts``); env steps/s from the time stamp at the first multiple of 100 env steps
+    >= warm-up + skip (taken after that cycle's update) to the last; same stamping rule on both sides.
+    """
+    warmup, measured, skip = 1000, (400 if b.quick else 2000), 200
+    reps = b.reps(3, 1)
+    envs = ["pendulum"] if b.quick else ["pendulum", "halfcheetah"]
+    ks = [1, 32]
+    algos = ["sbx", "sb3"]
+    only_n = {"ours": 256 if b.quick else 800, "sbx": 256 if b.quick else 800, "sb3": 64 if b.quick else 200}
+    total = warmup + skip + measured
+    out: dict[str, Any] = {"warmup_steps": warmup, "measured_steps": measured, "skip_steps": skip, "reps": reps,
+                           "ks": ks, "batch": 256, "hidden": [256, 256], "update_only_updates": only_n,
+                           "update_only_fill": 10_000, "envs": {}}
+    with b.ours() as ours, b.peers() as peers:
+        pi = peers("info")
+        out["peers_info"] = pi
+        default_threads = int(pi["torch_threads"])
+        sb3_threads = [default_threads] if default_threads == 1 else [default_threads, 1]
+        env_ids = {}
+        for env in envs:
+            env_id = ENVS[env][0]
+            try:
+                ours("check_env", env_id=env_id)
+                peers("check_env", env_id=env_id)
+                env_ids[env] = env_id
+            except RuntimeError as e:
+                out["envs"][env] = {"skipped": str(e).splitlines()[0]}
+
+        # -- update only
+        for env, env_id in env_ids.items():
+            _say(f"peers: update-only {env} setup")
+            o, a = SHAPES[env]
+            for k in ks:
+                ours("update_setup", name=f"p-{env}-{k}", obs_dim=o, n_actions=a, k=k)
+                ours("update_setup", name=f"ps-{env}-{k}", obs_dim=o, n_actions=a, k=k, sampled=True)
+                for algo in algos:
+                    peers("update_setup", name=f"{algo}-{env}-{k}", algo=algo, env_id=env_id, k=k)
+            raw: dict[str, list] = {}
+            for k in ks:
+                raw[f"ours_k{k}"], raw[f"ours_sampled_k{k}"], raw[f"sbx_k{k}"] = [], [], []
+                raw.update({f"sb3_t{t}_k{k}": [] for t in sb3_threads})
+            load: list[float] = []
+
+            def only_ours() -> None:
+                for k in ks:
+                    raw[f"ours_k{k}"].append(ours("update_run", name=f"p-{env}-{k}", n_updates=only_n["ours"])["updates_per_s"])
+                    raw[f"ours_sampled_k{k}"].append(
+                        ours("update_run", name=f"ps-{env}-{k}", n_updates=only_n["ours"])["updates_per_s"])
+
+            def only_sbx() -> None:
+                for k in ks:
+                    raw[f"sbx_k{k}"].append(peers("update_run", name=f"sbx-{env}-{k}", n_updates=only_n["sbx"])["updates_per_s"])
+
+            def only_sb3() -> None:
+                for t in sb3_threads:
+                    peers("set_threads", threads=t)
+                    for k in ks:
+                        raw[f"sb3_t{t}_k{k}"].append(
+                            peers("update_run", name=f"sb3-{env}-{k}", n_updates=only_n["sb3"])["updates_per_s"])
+                peers("set_threads", threads=0)
+
+            for r in range(reps):
+                load.append(_load())
+                for fn in _rotate([only_ours, only_sbx, only_sb3], r):
+                    fn()
+                _say(f"peers: update-only {env} rep {r + 1}/{reps}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in raw.items()))
+            for k in ks:
+                ours("update_drop", name=f"p-{env}-{k}")
+                ours("update_drop", name=f"ps-{env}-{k}")
+                for algo in algos:
+                    peers("update_drop", name=f"{algo}-{env}-{k}")
+            med = {n: statistics.median(v) for n, v in raw.items()}
+            out["envs"][env] = {"env_id": env_id, "update_only_per_s": {n: _stats(v) for n, v in raw.items()},
+                                "update_only_load": load,
+                                "update_only_ratio": {f"k{k}": {
+                                    "ours_sampled/sbx": med[f"ours_sampled_k{k}"] / med[f"sbx_k{k}"],
+                                    "ours/sbx": med[f"ours_k{k}"] / med[f"sbx_k{k}"],
+                                    "ours_sampled/sb3": med[f"ours_sampled_k{k}"] / max(med[f"sb3_t{t}_k{k}"] for t in sb3_threads),
+                                } for k in ks}}
+
+        # -- SB3's torch threads for the end-to-end runs
+        if peer_threads == "auto":
+            votes = []
+            for env in env_ids:
+                u = out["envs"][env]["update_only_per_s"]
+                votes += [max(sb3_threads, key=lambda t: u[f"sb3_t{t}_k{k}"]["median"]) for k in ks]
+            threads = statistics.mode(votes) if votes else default_threads
+        else:
+            threads = int(peer_threads)
+        out["sb3_threads"] = threads
+        out["sb3_threads_choice"] = ("auto: the faster in this suite's update-only runs" if peer_threads == "auto"
+                                     else "--peer-threads")
+        out["sbx_threads"] = default_threads  # sbx computes in JAX; torch only holds its replay samples
+
+        # -- end to end
+        for env, env_id in env_ids.items():
+            names = [f"{side}_k{k}" for side in ("ours", *algos) for k in ks]
+            raw = {n: [] for n in names}
+            upd: dict[str, list] = {n: [] for n in names}
+            load = []
+            settings: dict[str, Any] = {}
+
+            def e2e_ours() -> None:
+                for k in ks:
+                    res = ours("sac_run", env_id=env_id, env_steps=total, warmup_steps=warmup, k=k)
+                    raw[f"ours_k{k}"].append(_rate([(r["env_steps"], r["elapsed_s"]) for r in res["rows"]], warmup + skip))
+                    upd[f"ours_k{k}"].append(_rate([(r["bp_step"], r["elapsed_s"]) for r in res["rows"]
+                                                    if r["env_steps"] >= warmup + skip], 0))
+
+            def e2e_peer(algo: str) -> Any:
+                def run() -> None:
+                    peers("set_threads", threads=threads if algo == "sb3" else 0)
+                    for k in ks:
+                        res = peers("sac_run", algo=algo, env_id=env_id, env_steps=total, warmup_steps=warmup, k=k)
+                        raw[f"{algo}_k{k}"].append(_rate([(s[0], s[1]) for s in res["stamps"]], warmup + skip))
+                        upd[f"{algo}_k{k}"].append(_rate([(s[2], s[1]) for s in res["stamps"] if s[0] >= warmup + skip], 0))
+                        settings[f"{algo}_k{k}"] = res["settings"]
+                return run
+
+            for r in range(reps):
+                load.append(_load())
+                for fn in _rotate([e2e_ours, e2e_peer("sbx"), e2e_peer("sb3")], r):
+                    fn()
+                _say(f"peers: e2e {env} rep {r + 1}/{reps}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in raw.items()))
+            med = {n: statistics.median(v) for n, v in raw.items()}
+            out["envs"][env].update({
+                "env_steps_per_s": {n: _stats(v) for n, v in raw.items()},
+                "updates_per_s": {n: _stats(v) for n, v in upd.items()},
+                "ratio": {f"k{k}": {f"ours/{algo}": med[f"ours_k{k}"] / med[f"{algo}_k{k}"] for algo in algos} for k in ks},
+                "load": load, "peer_settings": settings,
+            })
+    return out
+
+
+def _learning_runs_before(stem: Path, quick: bool) -> dict:
+    """Finished peers-learning runs in this host's earlier results files (same --quick), newest last wins:
+    what a resumed peers-learning suite may skip."""
+    host = stem.name.split("-")[0]
+    pattern = f"{host}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]" + ("-quick" if quick else "") + ".json"
+    runs: dict = {}
+    files = sorted(RESULTS.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if stem.with_suffix(".json") not in files and stem.with_suffix(".json").exists():
+        files.append(stem.with_suffix(".json"))
+    for f in files:
+        try:
+            runs.update(json.loads(f.read_text()).get("suites", {}).get("peers-learning", {}).get("runs", {}))
+        except (OSError, ValueError):
+            continue
+    return runs
+
+
+LEARN_STEPS = {"halfcheetah": 300_000, "pendulum": 20_000}
+
+
+def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
+    """SAC learning curves, ours (``train_sac``, default SACConfig) against the peers (``learn``, train_freq 1).
+
+    Per (env, seed), the sides in alternating order; each run records every completed episode's
+    ``(env step, return)``; the curve is the mean return of the last 10 episodes completed by each
+    multiple of the interval (5000 env steps for runs >= 50k steps). Deterministic evaluation (10
+    episodes, seeds seed + 10000..) at the end. A finished run (same side, env, seed, env steps) found in
+    this or an earlier results file of this host is not run again; ``save`` writes the JSON after each run.
+    """
+    a = b.args
+    envs = a.envs or (["pendulum"] if b.quick else ["halfcheetah", "pendulum"])
+    seeds = a.seeds if a.seeds is not None else ([0] if b.quick else [0, 1, 2])
+    sides = a.learn_sides or ["ours", "sbx"]
+    eval_episodes = 2 if b.quick else 10
+    runs = dict(previous)
+    out: dict[str, Any] = {"metric": "mean return of the last 10 completed episodes", "seeds": seeds, "sides": sides,
+                           "eval_episodes": eval_episodes, "envs": {}, "runs": runs}
+    plan = []
+    for env in envs:
+        steps = a.steps or (2000 if b.quick else LEARN_STEPS[env])
+        interval = 5000 if steps >= 50_000 else (500 if steps <= 5000 else 1000)
+        out["envs"][env] = {"env_id": ENVS[env][0], "env_steps": steps, "interval": interval,
+                            "grid": list(range(interval, steps + 1, interval))}
+        for i, seed in enumerate(seeds):
+            for side in (sides if i % 2 == 0 else sides[::-1]):
+                plan.append((env, seed, side, steps))
+    todo = [p for p in plan if f"{p[2]}/{p[0]}/{p[1]}/{p[3]}" not in runs]
+    _say(f"peers-learning: {len(plan)} runs, {len(plan) - len(todo)} already done")
+    ours_side = peers_side = None
+    try:
+        for env, seed, side, steps in todo:
+            if side == "ours" and ours_side is None:
+                ours_side = b.ours()
+            if side != "ours" and peers_side is None:
+                peers_side = b.peers()
+            env_id, load0, t0 = ENVS[env][0], _load(), time.perf_counter()
+            _say(f"peers-learning: {side} {env_id} seed {seed}, {steps} env steps")
+            if side == "ours":
+                res = ours_side("train_sac_run", env_id=env_id, env_steps=steps, seed=seed, eval_episodes=eval_episodes)
+                entry = {"episodes": res["episodes"], "eval_returns": res["result"]["eval_returns"],
+                         "wall_s": res["result"]["train_wall_s"], "updates": res["result"]["bp_steps"],
+                         "settings": {k: v for k, v in res["config"].items() if k not in ("env_id", "env_steps", "seed")}}
+            else:
+                res = peers_side("sac_run", algo=side, env_id=env_id, env_steps=steps, seed=seed, k=1,
+                                 stamp_every=1000, eval_episodes=eval_episodes)
+                entry = {"episodes": res["episodes"], "eval_returns": res["eval_returns"], "wall_s": res["wall_s"],
+                         "updates": res["updates"], "settings": res["settings"]}
+            entry.update(side=side, env=env, env_id=env_id, seed=seed, env_steps=steps, run_s=time.perf_counter() - t0,
+                         load_start=load0, load_end=_load(), finished=_dt.datetime.now().isoformat(timespec="seconds"),
+                         git=_git_state())
+            runs[f"{side}/{env}/{seed}/{steps}"] = entry
+            ev = statistics.fmean(entry["eval_returns"]) if entry["eval_returns"] else float("nan")
+            _say(f"peers-learning: {side} {env_id} seed {seed}: eval {ev:.0f}, {entry['wall_s']:.0f} s")
+            save(out)
+    finally:
+        for s in (ours_side, peers_side):
+            if s is not None:
+                s.close()
+    return out
+
+
+def learning_table(ln: dict, env: str) -> dict:
+    """Per side: the curves on the env's grid (one per seed that finished), their mean and std, the
+    evaluation mean and the mean wall time."""
+    e = ln["envs"][env]
+    grid, steps = e["grid"], e["env_steps"]
+    out = {}
+    for side in ln["sides"]:
+        found = [ln["runs"].get(f"{side}/{env}/{sd}/{steps}") for sd in ln["seeds"]]
+        found = [r for r in found if r]
+        curves = {str(r["seed"]): _curve_from_episodes([tuple(x) for x in r["episodes"]], grid) for r in found}
+        cs = list(curves.values())
+        evals = [statistics.fmean(r["eval_returns"]) for r in found if r["eval_returns"]]
+        out[side] = {
+            "curves": curves, "n": len(found),
+            "mean": [_nanstat(statistics.fmean, [c[j] for c in cs]) for j in range(len(grid))],
+            "std": [_nanstat(statistics.pstdev, [c[j] for c in cs]) for j in range(len(grid))],
+            "eval_mean": statistics.fmean(evals) if evals else None,
+            "wall_s": statistics.fmean(r["wall_s"] for r in found) if found else None,
+        }
+    return out
+
+
 # ---- report --------------------------------------------------------------------------------------------
 def _fmt(x: float | None, nd: int = 1) -> str:
     return "n/a" if x is None or x != x else f"{x:,.{nd}f}"
@@ -457,6 +760,27 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
         worst = max(c["compile_s"]["median"] for c in comp["configs"].values())
         rows.append(("compile time < 3 s on CPU", ", ".join(f"{n} {c['compile_s']['median']:.2f} s"
                                                             for n, c in comp["configs"].items()), worst < 3))
+    pe = s.get("peers", {})
+    for env, r in pe.get("envs", {}).items():
+        if "skipped" in r or "ratio" not in r:
+            continue
+        for kk, rr in r["ratio"].items():
+            rows.append((f"end-to-end ahead of sbx-rl at K={kk[1:]} ({r['env_id']})",
+                         f"ours/sbx {rr['ours/sbx']:.2f}x, ours/SB3 {rr['ours/sb3']:.2f}x", rr["ours/sbx"] >= 1))
+    pl = s.get("peers-learning")
+    if pl and pl.get("envs"):
+        for env, e in pl["envs"].items():
+            t = learning_table(pl, env)
+            if "ours" not in t or not t["ours"]["n"]:
+                continue
+            for side in (x for x in pl["sides"] if x != "ours" and t[x]["n"]):
+                j = len(e["grid"]) - 1
+                om, pm = t["ours"]["mean"][j], t[side]["mean"][j]
+                noise = max(t["ours"]["std"][j], t[side]["std"][j])
+                rows.append((f"learning no worse than {side} at {e['grid'][j]} steps, {e['env_id']} (within noise)",
+                             f"ours {om:.0f} +- {t['ours']['std'][j]:.0f} ({t['ours']['n']} seeds), {side} {pm:.0f} +- "
+                             f"{t[side]['std'][j]:.0f} ({t[side]['n']} seeds)",
+                             (om >= pm - noise) if t["ours"]["n"] == t[side]["n"] == len(pl["seeds"]) >= 2 else None))
     ln = s.get("learning")
     if ln and ln.get("grid"):
         g = ln["grid"]
@@ -467,6 +791,28 @@ def targets(res: dict) -> list[tuple[str, str, bool | None]]:
                      f"ours {om:.0f} +- {ln['ours_std'][j]:.0f}, reference {rm:.0f} +- {ln['reference_std'][j]:.0f} "
                      f"(last-10-episode mean over {len(ln['seeds'])} seeds)", om >= rm - noise))
     return rows
+
+
+PEER_DIFFERENCES = """What differs between the sides and cannot be set alike through the peers' API (read back from the
+models into `peer_settings` in the JSON):
+
+- Entropy coefficient: ours (emote's recipe) starts alpha at min(1.0, 0.2) = 0.2 and clamps it to <= 0.2 after
+  every step (`max_alpha`); sbx and SB3 start at 1.0 and leave it unbounded. Target entropy is -n_actions on every side.
+- Gradient clipping: ours clips every loss's gradient to global norm 10; sbx (`optax.adam`) and SB3 do not clip.
+- Initialisation: ours orthogonal (gain sqrt 2 in the trunk, 0.01 policy head, 1 Q head), zero biases; sbx flax's
+  defaults (lecun-normal); SB3 torch's defaults (kaiming-uniform).
+- Policy head: ours clamps the mean to +-5; log std is clipped to [-20, 2] on every side.
+- Warm-up: ours takes 1000 random steps, then one update per env step; the peers act randomly while
+  `num_timesteps < learning_starts` and train after a rollout once `num_timesteps > learning_starts` (with K = 1
+  the first update comes one env step later than ours; with K = 32 at 1024 env steps).
+- Twin Q: sbx evaluates both critics as one `vmap`ped network (batched matmuls); ours and SB3 run two networks.
+- Order inside an update: sbx updates the critics, soft-updates the target, then the actor, then alpha; SB3 alpha,
+  critics, actor, target; ours its callbacks q1, q2, policy, alpha, target. One sampled batch for all losses everywhere.
+- Replay sampling: sbx draws all K batches for a `train` call in one host-side `sample(256 K)` (SB3's ReplayBuffer,
+  as torch tensors converted to NumPy) and moves them to JAX; SB3 samples per gradient step; ours samples K
+  batches in one gather from its ReplayTable.
+- Observations: SB3's buffer stores HalfCheetah's float64 observations as float64 (sbx casts them to float32 in
+  JAX); ours stores float32."""
 
 
 def write_markdown(res: dict, path: Path, stem: str) -> None:
@@ -573,6 +919,90 @@ def write_markdown(res: dict, path: Path, stem: str) -> None:
     if gpu:
         L += ["", "## 5. GPU", ""]
         L.append(f"Skipped: {gpu['skipped']}" if "skipped" in gpu else "See `suites.gpu` in the JSON (same layout as suite 1).")
+    pe = s.get("peers")
+    if pe and pe.get("envs"):
+        pi = pe.get("peers_info", {})
+        L += ["", "## 6. vs sbx / SB3 (SAC on the CPU)", "",
+              f"Peers: sbx-rl {pi.get('sbx_rl')} (JAX {pi.get('jax')}, flax {pi.get('flax')}, optax {pi.get('optax')}) and "
+              f"stable-baselines3 {pi.get('stable_baselines3')} (torch {pi.get('torch')}), in their own venv "
+              "(benchmarks/.peers-venv, pinned in benchmarks/requirements-peers.txt); gymnasium "
+              f"{pi.get('gymnasium')}, mujoco {pi.get('mujoco')} on every side. Same settings on every side where the "
+              "peers let them be set: policy and twin Q 2x256 ReLU, batch 256, Adam lr 3e-4, gamma 0.99, tau 0.005, "
+              "buffer 1M, 1000 uniform-random warm-up steps (the peers' `learning_starts`), target entropy -n_actions "
+              "(`ent_coef=\"auto\"`), one env. "
+              f"{pe['reps']} alternating repetitions (the sides' order reversed every other one); medians (min-max); "
+              "ratio = ours / peer. SB3 in the end-to-end runs at "
+              f"{pe.get('sb3_threads')} torch thread(s) ({pe.get('sb3_threads_choice', '')}); sbx always at torch's "
+              f"default ({pe.get('sbx_threads', '?')}; it uses torch only to hold its replay samples).", "",
+              f"**End to end** (env steps/s): ours `build_sac` with steps_per_call K (one update per env step, the "
+              f"collector acting with the host NumPy policy, the default); the peers `learn()` with train_freq = "
+              f"gradient_steps = K. {pe['warmup_steps']} warm-up steps, then {pe['skip_steps']} more skipped "
+              f"(compilation), then {pe['measured_steps']} timed: from the time stamp at the first multiple of 100 env "
+              "steps past warm-up + skip to the last, each stamp taken after the update that follows the env steps "
+              "(ours: the progress row at the end of a collect + update cycle; the peers: a callback at the next "
+              "rollout's start and at the end of `learn`).", "",
+              "| env | K | ours | sbx | SB3 | ours / sbx | ours / SB3 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for env, r in pe["envs"].items():
+            if "skipped" in r:
+                L.append(f"| {env} | skipped: {r['skipped']} | | | | | |")
+                continue
+            if "env_steps_per_s" not in r:
+                continue
+            for k in pe["ks"]:
+                cell = lambda n: (lambda st: f"{_fmt(st['median'])} ({_fmt(st['min'])}-{_fmt(st['max'])})")(  # noqa: E731
+                    r["env_steps_per_s"][n])
+                rr = r["ratio"][f"k{k}"]
+                L.append(f"| {r['env_id']} | {k} | {cell(f'ours_k{k}')} | {cell(f'sbx_k{k}')} | {cell(f'sb3_k{k}')} | "
+                         f"{rr['ours/sbx']:.2f}x | {rr['ours/sb3']:.2f}x |")
+        L += ["", f"**Update only** (updates/s): `ours` is `Trainer` on a synthetic device batch (the update suite's "
+              "method); `ours_sampled` is `Trainer` on batches a `MemoryLoader` samples from a ReplayTable holding "
+              f"{pe.get('update_only_fill', 10000):,} random transitions; the peers are `model.train(gradient_steps=K, "
+              f"batch_size=256)` on a replay buffer holding as many (sbx samples 256 K transitions on the host, moves "
+              "them to JAX and runs one jitted K-step loop; SB3 samples once per gradient step). So "
+              "`ours_sampled` / sbx is the like-for-like ratio. Updates per repetition: "
+              + ", ".join(f"{n} {v}" for n, v in pe["update_only_updates"].items()) + ".", "",
+              "| env | variant | K=" + " | K=".join(str(k) for k in pe["ks"]) + " |",
+              "| --- | --- |" + " --- |" * len(pe["ks"])]
+        for env, r in pe["envs"].items():
+            u = r.get("update_only_per_s")
+            if not u:
+                continue
+            variants = sorted({n.rsplit("_k", 1)[0] for n in u}, key=lambda n: (not n.startswith("ours"), n))
+            for v in variants:
+                L.append(f"| {r['env_id']} | {v} | " + " | ".join(
+                    f"{_fmt(u[f'{v}_k{k}']['median'])} ({_fmt(u[f'{v}_k{k}']['min'])}-{_fmt(u[f'{v}_k{k}']['max'])})"
+                    for k in pe["ks"]) + " |")
+        L += ["", "| env | K | ours_sampled / sbx | ours / sbx | ours_sampled / best SB3 |", "| --- | --- | --- | --- | --- |"]
+        for env, r in pe["envs"].items():
+            for k in pe["ks"] if r.get("update_only_ratio") else []:
+                rr = r["update_only_ratio"][f"k{k}"]
+                L.append(f"| {r['env_id']} | {k} | {rr['ours_sampled/sbx']:.2f}x | {rr['ours/sbx']:.2f}x | "
+                         f"{rr['ours_sampled/sb3']:.2f}x |")
+        L += ["", PEER_DIFFERENCES, "", f"![vs peers]({stem}-peers.png)"]
+    pl = s.get("peers-learning")
+    if pl and pl.get("envs"):
+        L += ["", "## 7. Learning vs sbx", "",
+              f"Ours: `emote_jax.train.train_sac` with the default SACConfig in a temporary run dir (checkpoints off; "
+              "its metric logging on, which writes the episodes.csv read here, so its wall time includes that); the peers: "
+              "`SAC(...).learn()` with train_freq = gradient_steps = 1 and the settings of section 6. "
+              f"{pl['metric'].capitalize()} at each grid point; mean +- std over the seeds {pl['seeds']} "
+              f"(n = seeds finished so far); deterministic evaluation over {pl['eval_episodes']} episodes at the end. "
+              "Runs are resumable: a finished (side, env, seed, steps) in this host's results is not run again.", ""]
+        for env, e in pl["envs"].items():
+            t = learning_table(pl, env)
+            sides = pl["sides"]
+            L += [f"**{e['env_id']}**, {e['env_steps']:,} env steps:", "",
+                  "| env steps | " + " | ".join(f"{sd} (mean +- std, n)" for sd in sides) + " |",
+                  "| --- |" + " --- |" * len(sides)]
+            every = max(1, len(e["grid"]) // 12)
+            for j, g in enumerate(e["grid"]):
+                if (j + 1) % every == 0 or j == len(e["grid"]) - 1:
+                    L.append(f"| {g:,} | " + " | ".join(
+                        f"{_fmt(t[sd]['mean'][j], 0)} +- {_fmt(t[sd]['std'][j], 0)} ({t[sd]['n']})" for sd in sides) + " |")
+            L.append("| final evaluation | " + " | ".join(_fmt(t[sd]["eval_mean"], 0) for sd in sides) + " |")
+            L.append("| wall time per run (s) | " + " | ".join(_fmt(t[sd]["wall_s"], 0) for sd in sides) + " |")
+            L.append("")
+        L += [f"![learning vs peers]({stem}-peers-learning.png)"]
     L += ["", "## Versions", "", "```", json.dumps(res.get("versions", {}), indent=1), "```", ""]
     path.write_text("\n".join(L))
 
@@ -639,6 +1069,57 @@ def write_plots(res: dict, stem_path: Path) -> list[str]:
         fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p.name)
+    pe = s.get("peers")
+    penvs = {k: v for k, v in (pe or {}).get("envs", {}).items() if "env_steps_per_s" in v}
+    if penvs:
+        colors = {"ours": "tab:blue", "ours_sampled": "tab:cyan", "sbx": "tab:green", "sb3": "tab:red"}
+        fig, axes = plt.subplots(2, len(penvs), figsize=(6 * len(penvs), 8), squeeze=False)
+        for col, (env, r) in enumerate(penvs.items()):
+            for row, (key, title) in enumerate((("env_steps_per_s", "end to end, env steps/s"),
+                                                ("update_only_per_s", "update only, updates/s"))):
+                ax = axes[row][col]
+                data = r[key]
+                variants = sorted({n.rsplit("_k", 1)[0] for n in data}, key=lambda n: (not n.startswith("ours"), n))
+                width = 0.8 / len(variants)
+                for i, v in enumerate(variants):
+                    xs = [j + i * width for j in range(len(pe["ks"]))]
+                    st = [data[f"{v}_k{k}"] for k in pe["ks"]]
+                    meds = [x["median"] for x in st]
+                    ax.bar(xs, meds, width, yerr=[[m - x["min"] for m, x in zip(meds, st)],
+                                                  [x["max"] - m for m, x in zip(meds, st)]],
+                           color=colors.get(v.split("_t")[0], "tab:gray"), alpha=0.6 if "_t1" in v else 1.0,
+                           capsize=3, label=v)
+                ax.set_xticks([j + 0.4 - width / 2 for j in range(len(pe["ks"]))], [f"K={k}" for k in pe["ks"]])
+                ax.set_title(f"{r['env_id']}: {title}")
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = stem_path.with_name(stem_path.name + "-peers.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p.name)
+    pl = s.get("peers-learning")
+    if pl and pl.get("envs"):
+        fig, axes = plt.subplots(1, len(pl["envs"]), figsize=(7 * len(pl["envs"]), 4.5), squeeze=False)
+        colors = {"ours": "tab:blue", "sbx": "tab:green", "sb3": "tab:red"}
+        for ax, (env, e) in zip(axes[0], pl["envs"].items()):
+            t = learning_table(pl, env)
+            for side in pl["sides"]:
+                for c in t[side]["curves"].values():
+                    ax.plot(e["grid"], c, color=colors.get(side, "tab:gray"), alpha=0.25, lw=1)
+                if t[side]["n"]:
+                    ax.plot(e["grid"], t[side]["mean"], color=colors.get(side, "tab:gray"), lw=2,
+                            label=f"{'emote_jax' if side == 'ours' else PEER_NAMES.get(side, side)} "
+                                  f"(mean of {t[side]['n']} seeds)")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("return, mean of last 10 episodes")
+            ax.set_title(f"SAC on {e['env_id']}")
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = stem_path.with_name(stem_path.name + "-peers-learning.png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p.name)
     return written
 
 
@@ -664,11 +1145,23 @@ def _git_state() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short smoke run of every suite")
-    ap.add_argument("--suites", nargs="+", choices=SUITES, default=SUITES, help="suites to run (default: all)")
+    ap.add_argument("--suites", nargs="+", choices=SUITES, default=DEFAULT_SUITES,
+                    help=f"suites to run (default: {' '.join(DEFAULT_SUITES)}; peers-learning only when named)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per comparison (default: per suite)")
     ap.add_argument("--ref-threads", default="auto",
                     help="torch threads of the reference in the e2e and learning suites: a number, or 'auto' (the faster "
                          "setting measured by the update suite of this day's results, else torch's default)")
+    ap.add_argument("--peer-threads", default="auto",
+                    help="torch threads of stable-baselines3 in the peers suite's end-to-end runs: a number, or 'auto' "
+                         "(the faster of torch's default and 1 in that suite's update-only runs)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="peers-learning: env steps per run (default: HalfCheetah-v5 300000, Pendulum-v1 20000; "
+                         "--quick 2000)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="peers-learning: seeds (default: 0 1 2; --quick 0)")
+    ap.add_argument("--envs", nargs="+", choices=sorted(ENVS), default=None,
+                    help="peers-learning: envs (default: halfcheetah pendulum; --quick pendulum)")
+    ap.add_argument("--learn-sides", nargs="+", choices=["ours", "sbx", "sb3"], default=None,
+                    help="peers-learning: sides (default: ours sbx)")
     ap.add_argument("--out", default=None, help="results file stem (default: results/<host>-<date>[-quick])")
     ap.add_argument("--report-only", action="store_true", help="rewrite the Markdown and plots from the JSON; run nothing")
     args = ap.parse_args(argv)
@@ -691,7 +1184,10 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(res, stem.with_suffix(".md"), stem.name)
         print(f"wrote {stem.with_suffix('.md')} and {res['plots']}")
         return 0
-    ref_py = ensure_ref_venv()
+    needs_ref = bool(REF_SUITES & set(args.suites))
+    needs_peers = bool(PEER_SUITES & set(args.suites))
+    ref_py = ensure_ref_venv() if needs_ref else None
+    peers_py = ensure_peers_venv() if needs_peers else None
     sys.path.insert(0, str(HERE))
 
     RESULTS.mkdir(exist_ok=True)
@@ -704,11 +1200,22 @@ def main(argv: list[str] | None = None) -> int:
                machine={"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(), "load_start": _load()},
                git=_git_state())
     log = stem.with_suffix(".log")
-    bench = Bench(args, ours_py, ref_py, log)
+    bench = Bench(args, ours_py, ref_py, log, peers_py)
     _say(f"writing {json_path} (worker logs: {log})")
 
-    with bench.ours() as o, bench.ref() as r:
-        res["versions"] = {"ours": o("info"), "reference": r("info")}
+    versions = res.setdefault("versions", {})
+    with bench.ours() as o:
+        versions["ours"] = o("info")
+    if needs_ref:
+        with bench.ref() as r:
+            versions["reference"] = r("info")
+    if needs_peers:
+        with bench.peers() as p:
+            versions["peers"] = p("info")
+
+    def save(suite: str, out: dict) -> None:
+        res["suites"][suite] = out
+        json_path.write_text(json.dumps(res, indent=1))
 
     def ref_threads() -> int:
         if args.ref_threads != "auto":
@@ -735,8 +1242,13 @@ def main(argv: list[str] | None = None) -> int:
             out = suite_compile(bench)
         elif suite == "memory":
             out = suite_memory(bench)
-        else:
+        elif suite == "gpu":
             out = suite_gpu(bench)
+        elif suite == "peers":
+            out = suite_peers(bench, args.peer_threads)
+        else:
+            out = suite_peers_learning(bench, _learning_runs_before(stem, args.quick),
+                                       lambda o: save("peers-learning", o))
         out["wall_s"] = time.perf_counter() - t0
         out["command"] = res["command"]
         out["load_start"], out["load_end"] = load0, _load()
