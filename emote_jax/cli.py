@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -413,5 +414,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``emote-jax`` program: :func:`main`, then exit with its status.
+
+    Before exiting it moves every live object to the collector's permanent generation
+    (``gc.freeze()``): the interpreter's teardown then skips a last collection over the JAX/XLA
+    object graph, which took 0.7-1.2 s on the 2-core CPU and made a Ctrl+C'd run linger.
+    """
+    status = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -15,3 +15,8 @@ class ConfigError(ValueError):
         super().__init__(message)
         #: The ``emote-jax train`` option to change (e.g. ``"--rollout-length"``), when there is one.
         self.option = option
+
+
+class UnsupportedSpaceError(ConfigError, TypeError):
+    """An env whose observation or action space the chosen algorithm or network cannot take
+    (a ``TypeError`` too, as a wrong space type is)."""

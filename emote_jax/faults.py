@@ -66,6 +66,19 @@ def first_nonfinite(metrics: Mapping[str, Any], first_step: int) -> tuple[str, i
     return None if best is None else (best[1], first_step + best[0])
 
 
+def shutdown_requested() -> str | None:
+    """The signal (``"SIGINT"``, ``"SIGTERM"``) that asked the running training to stop, or None.
+
+    Host code that loops outside the trainer's step boundaries (a warm-up that fills the memory, a wait
+    for a background collector) polls this and ends with
+    :class:`~emote_jax.callback.TrainingShutdownException`, so that a first Ctrl+C is honoured there too.
+    """
+    for active in reversed(SignalShutdown._active):
+        if active.received is not None:
+            return active.received
+    return None
+
+
 class SignalShutdown:
     """A context manager that turns SIGINT/SIGTERM into a shutdown request while training.
 
@@ -74,6 +87,9 @@ class SignalShutdown:
     :class:`TrainingAborted` from wherever the main thread is. Handlers are installed only on the main
     thread (Python delivers signals there) and the previous handlers come back on exit.
     """
+
+    #: The contexts entered and not yet left (innermost last); :func:`shutdown_requested` reads them.
+    _active: list[SignalShutdown] = []
 
     def __init__(
         self,
@@ -102,12 +118,15 @@ class SignalShutdown:
 
     def __enter__(self) -> SignalShutdown:
         self.received = None
+        SignalShutdown._active.append(self)
         if self.enabled and threading.current_thread() is threading.main_thread():
             for s in self.signals:
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self in SignalShutdown._active:
+            SignalShutdown._active.remove(self)
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()

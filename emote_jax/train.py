@@ -7,6 +7,7 @@ deterministic policy at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -27,6 +28,7 @@ from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
 from emote_jax.checkpoint import CheckpointLoader, Checkpointer
 from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.context import Context
+from emote_jax.errors import ConfigError, UnsupportedSpaceError
 from emote_jax.evaluation import save_policy
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
@@ -80,29 +82,84 @@ class SACConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise a ValueError naming the first setting that cannot work."""
+        """Raise a :class:`~emote_jax.errors.ConfigError` naming the first setting that cannot work."""
         checks = [
-            ("env_steps", self.env_steps > 0), ("num_envs", self.num_envs >= 1), ("batch_size", self.batch_size >= 1),
-            ("rollout_length", self.rollout_length >= 1), ("memory_size", self.memory_size >= self.batch_size),
-            ("warmup_steps", self.warmup_steps >= 0), ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0),
-            ("steps_per_call", self.steps_per_call >= 1), ("eval_episodes", self.eval_episodes >= 0),
-            ("gamma", 0.0 <= self.gamma <= 1.0), ("tau", 0.0 < self.tau <= 1.0), ("log_interval", self.log_interval > 0),
-            ("metrics_interval", self.metrics_interval > 0),
-            ("checkpoint_interval", self.checkpoint_interval >= 0), ("keep_checkpoints", self.keep_checkpoints >= 1),
+            ("env_steps", self.env_steps > 0, "> 0"), ("num_envs", self.num_envs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"), ("rollout_length", self.rollout_length >= 1, ">= 1"),
+            ("memory_size", self.memory_size >= self.batch_size, f">= batch_size ({self.batch_size})"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps < self.env_steps,
+             f"< --steps ({self.env_steps}): otherwise the warm-up takes the whole budget and nothing is trained"),
+            ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0, "> 0"),
+            ("steps_per_call", self.steps_per_call >= 1, ">= 1"), ("eval_episodes", self.eval_episodes >= 0, ">= 0"),
+            ("gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]"), ("tau", 0.0 < self.tau <= 1.0, "in (0, 1]"),
+            ("log_interval", self.log_interval > 0, "> 0"), ("metrics_interval", self.metrics_interval > 0, "> 0"),
+            ("checkpoint_interval", self.checkpoint_interval >= 0, ">= 0"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+            ("lr_q", self.lr_q > 0, "> 0"), ("lr_policy", self.lr_policy > 0, "> 0"),
+            ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
+            ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("batch_size", self.batch_size % self.rollout_length == 0,
+             f"a multiple of rollout_length ({self.rollout_length})"),
         ]
-        for name, ok in checks:
+        for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"SACConfig.{name} = {getattr(self, name)!r} is not valid")
+                option = cli_option(name)
+                raise ConfigError(f"{option} {getattr(self, name)!r} is not valid: expected {expected}", option)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+#: Option names of ``emote-jax train`` that are not ``--`` + the field name with dashes.
+_CLI_OPTIONS = {"env_id": "--env", "env_steps": "--steps", "hidden_dims": "--hidden", "act_on_host": "--act-on-device"}
+
+
+def cli_option(field_name: str) -> str:
+    """The ``emote-jax train`` option that sets the :class:`SACConfig` field ``field_name``."""
+    return _CLI_OPTIONS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
 def make_vector_env(cfg: SACConfig, seed_offset: int = 0) -> gymnasium.vector.VectorEnv:
-    """``num_envs`` copies of ``env_id`` in a sync (or async) vector env with NEXT_STEP autoreset."""
+    """``num_envs`` copies of ``env_id`` in a sync (or async) vector env with NEXT_STEP autoreset.
+
+    An env id that gymnasium does not know, or whose dependency is not installed, is a
+    :class:`~emote_jax.errors.ConfigError` (the latter names the extra to install).
+    """
+    check_env_id(cfg.env_id)
     fns = [lambda: gymnasium.make(cfg.env_id, **cfg.env_kwargs) for _ in range(cfg.num_envs)]
     cls = gymnasium.vector.AsyncVectorEnv if cfg.async_envs else gymnasium.vector.SyncVectorEnv
-    return cls(fns)
+    if cfg.async_envs:  # the sub-processes would report a missing dependency as a broken pipe: try one here
+        with _env_errors(cfg.env_id):
+            gymnasium.make(cfg.env_id, **cfg.env_kwargs).close()
+    with _env_errors(cfg.env_id):
+        return cls(fns)
+
+
+#: Extras of emote-jax that bring an env family's dependencies, by the start of the envs' entry point.
+ENV_EXTRAS = {"gymnasium.envs.mujoco": "mujoco", "gymnasium.envs.box2d": "box2d"}
+
+
+def check_env_id(env_id: str) -> gymnasium.envs.registration.EnvSpec:
+    """The registered spec of ``env_id``, or a ConfigError that says gymnasium does not know it."""
+    try:
+        return gymnasium.spec(env_id)
+    except gymnasium.error.Error as e:
+        raise ConfigError(f"--env {env_id!r}: gymnasium does not know this env id ({e})", "--env") from None
+
+
+@contextlib.contextmanager
+def _env_errors(env_id: str) -> Any:
+    """Turn a missing env dependency into a one-line ConfigError naming the extra that brings it."""
+    try:
+        yield
+    except (gymnasium.error.DependencyNotInstalled, ImportError) as e:
+        entry = str(getattr(gymnasium.spec(env_id), "entry_point", ""))
+        extra = next((x for prefix, x in ENV_EXTRAS.items() if entry.startswith(prefix)), None)
+        hint = f"pip install 'emote-jax[{extra}]'" if extra else "install the package it names"
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--env {env_id!r} needs a package that is not installed ({detail}): {hint}",
+                          "--env") from None
 
 
 def policy_act(policy_net: GaussianPolicy, deterministic: bool = False) -> Callable[..., jax.Array]:
@@ -121,16 +178,27 @@ def collector_policy(policy_net: GaussianPolicy, on_host: bool = True) -> Gaussi
     return GaussianHostPolicy(policy_net) if on_host else policy_act(policy_net)
 
 
-def check_spaces(env: gymnasium.vector.VectorEnv) -> tuple[int, int]:
+def check_spaces(env: gymnasium.vector.VectorEnv, env_id: str | None = None) -> tuple[int, int]:
     """``(obs_dim, n_actions)`` of a flat Box-observation, Box-action env, or a clear error."""
     obs_space, act_space = env.single_observation_space, env.single_action_space
+    name = env_id or (env.spec.id if env.spec else "the env")
     if not isinstance(act_space, gymnasium.spaces.Box):
-        raise TypeError(
-            f"SAC needs a continuous Box action space; {env.spec.id if env.spec else 'the env'} has {act_space!r}"
-        )
+        raise UnsupportedSpaceError(f"--env {name}: SAC needs a continuous Box action space, got {act_space!r}", "--env")
+    if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+        raise ConfigError(f"--env {name}: SAC needs finite action bounds to rescale its [-1, 1] actions, got "
+                          f"low={act_space.low}, high={act_space.high}", "--env")
     if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
-        raise TypeError(f"the default SAC networks take a flat Box observation (obs_dim,); got {obs_space!r}")
+        raise UnsupportedSpaceError(f"--env {name}: the default SAC networks take a flat Box observation (obs_dim,), got "
+                          f"{obs_space!r}", "--env")
     return int(obs_space.shape[0]), int(np.prod(act_space.shape))
+
+
+def check_rollout_length(cfg: SACConfig) -> None:
+    """Refuse an n-step length that no episode can reach (the env's time limit is shorter)."""
+    limit = cfg.env_kwargs.get("max_episode_steps", check_env_id(cfg.env_id).max_episode_steps)
+    if limit is not None and cfg.rollout_length > limit:
+        raise ConfigError(f"--rollout-length {cfg.rollout_length} is longer than {cfg.env_id}'s episodes (time limit "
+                          f"{limit} steps): no n-step window fits; expected <= {limit}", "--rollout-length")
 
 
 class EnvStepBudget(HostCallback):
@@ -184,14 +252,13 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
     one) before training, and prints which to ``out`` (see docs/decisions/0004).
     """
     cfg.validate()
+    check_rollout_length(cfg)
     env = make_vector_env(cfg)
     try:
-        obs_dim, n_actions = check_spaces(env)
+        obs_dim, n_actions = check_spaces(env, cfg.env_id)
         obs_spec, action_shape = memory_spec(env)
         table = ReplayTable(cfg.memory_size, obs_spec, action_shape, seed=cfg.seed)
         memory = MemoryProxy(table)
-        if cfg.batch_size % cfg.rollout_length:
-            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of rollout_length {cfg.rollout_length}")
         loader = MemoryLoader(table, cfg.batch_size // cfg.rollout_length, cfg.rollout_length,
                               steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch)
         callbacks, policy_net = make_sac_callbacks(
@@ -209,7 +276,8 @@ def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
         else:
             collector = GymCollector(env, collector_policy(policy_net, cfg.act_on_host), memory,
                                      bp_steps_per_env_step=cfg.bp_steps_per_env_step, **common)
-        host: list[HostCallback] = [collector, MemoryWarmup(loader), EnvStepBudget(collector, cfg.env_steps)]
+        warmup = MemoryWarmup(loader, collector=collector, out=out)  # fills up to one batch, whatever warmup_steps says
+        host: list[HostCallback] = [collector, warmup, EnvStepBudget(collector, cfg.env_steps)]
         progress = None
         if out is not None:
             progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out)
@@ -287,7 +355,8 @@ def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = Fa
     bp_steps = run.trainer.bp_step - 1
     interrupted = run.trainer.interrupted_by
     if interrupted and out is not None:
-        where = f"; final checkpoint in {Path(cfg.run_dir) / 'checkpoints'}" if run.checkpointer is not None else ""
+        saved = run.checkpointer is not None and run.checkpointer.latest_step is not None
+        where = f"; final checkpoint in {Path(cfg.run_dir) / 'checkpoints'}" if saved else ""
         print(f"interrupted by {interrupted} at bp step {bp_steps}{where}; no evaluation"
               + (f". Continue with: emote-jax train --resume --run-dir {cfg.run_dir}" if where else ""),
               file=out, flush=True)

@@ -28,4 +28,4 @@ def test_train_command_rejects_bad_settings_with_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "emote_jax", "train", "--batch-size", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "SACConfig.batch_size = 0 is not valid" in proc.stderr
+    assert "--batch-size 0 is not valid: expected >= 1" in proc.stderr

@@ -26,7 +26,7 @@ def _trainer(env, obs_dim: int):
 
 def test_a_discrete_action_space_is_refused_by_sac():
     with pytest.raises(TypeError, match=r"SAC needs a continuous Box action space.*Discrete\(2\)"):
-        build_sac(SACConfig(env_id="CartPole-v1", env_steps=10), out=None)
+        build_sac(SACConfig(env_id="CartPole-v1", env_steps=10, warmup_steps=0), out=None)
 
 
 def test_an_observation_shape_that_does_not_match_the_network_is_refused_before_compiling():

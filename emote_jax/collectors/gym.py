@@ -46,8 +46,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
-from emote_jax.callback import HostCallback
+from emote_jax.callback import HostCallback, TrainingShutdownException
 from emote_jax.context import Context, PyTree
+from emote_jax.faults import shutdown_requested
 from emote_jax.memory import AgentObservation, EpisodeState
 from emote_jax.networks.host import HostPolicy
 
@@ -67,6 +68,13 @@ class ObservationShapeError(ValueError):
 
 class PolicyOutputError(ValueError):
     """The policy returned actions of the wrong shape, or non-finite actions."""
+
+
+def _stop_if_requested(where: str) -> None:
+    """End a host loop with a clean shutdown once a SIGINT/SIGTERM asked training to stop."""
+    signal = shutdown_requested()
+    if signal is not None:
+        raise TrainingShutdownException(f"{where}: stopped by {signal}")
 
 
 # ---- spaces ------------------------------------------------------------------------------------------
@@ -434,7 +442,36 @@ class GymCollector(HostCallback):
         self._key = key
         self._rng.bit_generator.state = rng_state  # the check draws nothing from the run's noise
         for _ in range(0 if resumed else self.warmup_steps):
+            _stop_if_requested(f"{self.name}: warm-up")
             self._step(None if self.random_warmup else self._params(ctx))
+
+    # ---- warm-up fill ----------------------------------------------------------------------------
+    #: Whether this collector steps on a background thread (then :meth:`fill` does not block).
+    collects_in_background: bool = False
+
+    def fill(self, ctx: Context, ready: Callable[[], bool], max_vector_steps: int) -> int:
+        """Take more warm-up steps until ``ready()``: for a memory that ``warmup_steps`` left short of a batch.
+
+        Actions are random or the policy's, as ``random_warmup`` says. Returns the vector steps taken.
+        A first SIGINT/SIGTERM ends it with :class:`~emote_jax.callback.TrainingShutdownException`;
+        ``max_vector_steps`` steps without ``ready()`` raise a RuntimeError (the memory is not filling).
+        """
+        if not self._started:
+            raise RuntimeError(f"{self.name}: fill called before begin_training (the env is not reset)")
+        taken = 0
+        while not ready():
+            if taken >= max_vector_steps:
+                raise RuntimeError(
+                    f"{self.name}: after {taken} extra warm-up vector steps the memory still cannot give a batch; "
+                    "expected it to fill. Is the memory storing what the collector hands it?"
+                )
+            _stop_if_requested(f"{self.name}: warm-up")
+            self._step(None if self.random_warmup else self._params(ctx))
+            taken += 1
+        return taken
+
+    def raise_if_failed(self) -> None:
+        """Re-raise an error of the collection thread (a no-op here: this collector has none)."""
 
     def _check_policy_accepts(self, params: PyTree) -> None:
         """Trace (not compile) the policy on the env's observations; a clear error if it cannot take them."""
@@ -658,6 +695,7 @@ class ThreadedGymCollector(GymCollector):
         self._error: BaseException | None = None
         self._error_raised = False
         self._step_lock = threading.Lock()
+        self._fill_ready: Callable[[], bool] | None = None
 
     # ---- thread ----------------------------------------------------------------------------------
     def _may_step(self) -> bool:
@@ -665,20 +703,45 @@ class ThreadedGymCollector(GymCollector):
             return True
         return self._vector_steps_in_training < self.max_env_steps_per_bp_step * (self._bp_done + 1)
 
+    def _next_step(self) -> str | None:
+        """``"fill"`` (a warm-up step past the cap, not counted against it), ``"train"``, or None (wait)."""
+        if self._fill_ready is not None:
+            if not self._fill_ready():
+                return "fill"
+            self._fill_ready = None
+        return "train" if self._may_step() else None
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 with self._cond:
-                    while not self._stop.is_set() and not self._may_step():
+                    while not self._stop.is_set() and (kind := self._next_step()) is None:
                         self._cond.wait(timeout=0.1)
                     if self._stop.is_set():
                         break
                     params = self._thread_params
                 with self._step_lock:  # a checkpoint snapshots between two steps, never during one
-                    self._step(params)
-                    self._vector_steps_in_training += 1
+                    if kind == "fill":
+                        self._step(None if self.random_warmup else params)
+                    else:
+                        self._step(params)
+                        self._vector_steps_in_training += 1
         except BaseException as e:  # handed to the training thread
             self._error = e
+
+    collects_in_background = True
+
+    def fill(self, ctx: Context, ready: Callable[[], bool], max_vector_steps: int) -> int:
+        """Let the thread take warm-up steps past its cap until ``ready()``, and return at once (0).
+
+        The caller waits (:class:`~emote_jax.memory.MemoryWarmup` does, watching for a shutdown and for
+        an error of the thread); the fill steps do not count against ``max_env_steps_per_bp_step``.
+        """
+        del ctx, max_vector_steps
+        with self._cond:
+            self._fill_ready = ready
+            self._cond.notify_all()
+        return 0
 
     def checkpoint_lock(self) -> Any:
         """Held while a checkpoint snapshots this collector and the memory: the thread waits between steps."""
@@ -689,7 +752,8 @@ class ThreadedGymCollector(GymCollector):
             return jax.tree.map(lambda x: np.array(x, copy=True), self._params(ctx))  # a copy, not a view
         return jax.block_until_ready(jax.tree.map(jnp.copy, self._params(ctx)))
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
+        """Re-raise (once) the error that stopped the collection thread, if any."""
         if self._error is not None and not self._error_raised:
             self._error_raised = True
             raise self._error
@@ -703,16 +767,17 @@ class ThreadedGymCollector(GymCollector):
         self._error_raised = False
         self._bp_done = 0
         self._vector_steps_in_training = 0
+        self._fill_ready = None
         self._start(ctx)
         self._thread_params = self._copy_params(ctx)
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-thread", daemon=True)
         self._thread.start()
 
     def begin_cycle(self, ctx: Context) -> None:
-        self._raise_if_failed()
+        self.raise_if_failed()
 
     def end_cycle(self, ctx: Context) -> None:
-        self._raise_if_failed()
+        self.raise_if_failed()
         sync = (self._bp_done + 1) % self.param_sync_interval == 0
         params = self._copy_params(ctx) if sync else None
         with self._cond:  # the thread sees the new step budget and the new params together
@@ -754,7 +819,7 @@ class ThreadedGymCollector(GymCollector):
                 except Exception:
                     if self._error is None:
                         raise  # otherwise the thread's error is the one to report
-            self._raise_if_failed()
+            self.raise_if_failed()
         finally:
             if self.close_env:
                 self.env.close()
