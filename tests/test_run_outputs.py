@@ -132,7 +132,7 @@ def test_eval_reloads_the_policy_and_reproduces_the_final_evaluation(piped_run):
 def test_eval_of_a_directory_that_is_no_run_says_so(tmp_path):
     proc = emote("eval", str(tmp_path))
     assert proc.returncode == 2  # a bad argument (exit 1 is for failures at run time)
-    assert "config.json" in proc.stderr and "is " in proc.stderr and "a run directory?" in proc.stderr
+    assert "config.json does not exist" in proc.stderr and "a run directory of `emote-jax train`?" in proc.stderr
 
 
 def test_a_terminal_gets_a_progress_bar(tmp_path):
