@@ -128,3 +128,49 @@ def test_a_host_hook_that_moves_the_step_counter_is_followed():
     t.train()
     assert [s[0] for s in jump.seen] == [1, 2, 10, 11]
     assert t.bp_step == 12
+
+
+# ---- memory: validated once, at the proxy ------------------------------------------------------------
+from emote_jax.memory import AgentObservation, EpisodeState, MemoryProxy, ReplayTable  # noqa: E402
+
+
+def _ob(state, x, reward=None):
+    return AgentObservation(state, {"obs": np.full((2,), x, np.float32)}, reward)
+
+
+@pytest.mark.parametrize("capacity", [5, 100])  # 5: the ring wraps while agents interleave
+def test_the_proxy_writes_what_add_transitions_would(capacity):
+    via_proxy = ReplayTable(capacity, {"obs": ((2,), np.float32)}, (1,))
+    direct = ReplayTable(capacity, {"obs": ((2,), np.float32)}, (1,))
+    proxy = MemoryProxy(via_proxy)
+    proxy.add({0: _ob(EpisodeState.INITIAL, 0.0), 1: _ob(EpisodeState.INITIAL, 10.0)}, {0: [0.5], 1: [1.5]})
+    eps = {0: direct.new_episode_id(), 1: direct.new_episode_id()}
+    for t in range(1, 5):
+        end = t == 4
+        obs = {0: _ob(EpisodeState.TERMINAL if end else EpisodeState.RUNNING, t, reward=t),
+               1: _ob(EpisodeState.INTERRUPTED if end else EpisodeState.RUNNING, 10.0 + t, reward=-t)}
+        proxy.add(obs if t % 2 else {1: obs[1], 0: obs[0]}, {} if end else {0: [0.5 + t], 1: [1.5 + t]})
+        order = [0, 1] if t % 2 else [1, 0]
+        direct.add_transitions(
+            agent_ids=order, episode_ids=[eps[a] for a in order], steps=[t - 1, t - 1],
+            observation={"obs": np.array([[t - 1] * 2 if a == 0 else [10.0 + t - 1] * 2 for a in order], np.float32)},
+            actions=[[0.5 + t - 1] if a == 0 else [1.5 + t - 1] for a in order],
+            rewards=[t if a == 0 else -t for a in order],
+            next_observation={"obs": np.array([[t] * 2 if a == 0 else [10.0 + t] * 2 for a in order], np.float32)},
+            terminated=np.array([end and a == 0 for a in order]), truncated=np.array([end and a == 1 for a in order]))
+    a, b = via_proxy.state_dict(), direct.state_dict()
+    for name in a["columns"]:
+        np.testing.assert_array_equal(a["columns"][name], b["columns"][name], err_msg=name)
+    assert (a["size"], a["head"]) == (b["size"], b["head"])
+    np.testing.assert_array_equal(a["tips"], b["tips"])
+
+
+def test_a_reward_that_overflows_the_float32_column_is_refused_and_nothing_is_written():
+    table = ReplayTable(10, {"obs": ((2,), np.float32)}, (1,))
+    proxy = MemoryProxy(table)
+    proxy.add({0: _ob(EpisodeState.INITIAL, 0.0)}, {0: [0.0]})
+    with pytest.raises(ValueError, match=r"agent 0: expected a reward finite as a float32, got 1e\+39"):
+        proxy.add({0: _ob(EpisodeState.RUNNING, 1.0, reward=1e39)}, {0: [0.0]})
+    assert table.size() == 0 and proxy.running_agents() == [0]
+    proxy.add({0: _ob(EpisodeState.RUNNING, 1.0, reward=1.0)}, {0: [0.0]})  # the episode goes on
+    assert table.size() == 1

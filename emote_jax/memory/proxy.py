@@ -75,6 +75,10 @@ class MemoryProxy:
         self._running: dict[AgentId, _Running] = {}
         self.completed_episodes: deque[CompletedEpisode] = deque(maxlen=max_completed)
         self._where = "MemoryProxy.add"
+        # the table's layout never changes: look it up once, not per observation
+        self._spec = table.observation_spec
+        self._spec_keys = set(self._spec)
+        self._action_shape, self._action_dtype = table.action_shape, table.action_dtype
 
     @property
     def table(self) -> ReplayTable:
@@ -142,20 +146,10 @@ class MemoryProxy:
             steps.append(_Step(agent_id, running, reward, obs, action, state))
         _all_finite(arrays)
 
-        # Everything checked: write the transitions in one batch, then update the bookkeeping.
+        # Everything checked (here, once: the table does not check again): write the transitions in one
+        # batch, then update the bookkeeping.
         if steps:
-            keys = self._table.observation_spec
-            self._table.add_transitions(
-                agent_ids=[s.agent_id for s in steps],
-                episode_ids=[s.running.episode_id for s in steps],
-                steps=[s.running.step for s in steps],
-                observation={k: np.stack([s.running.observation[k] for s in steps]) for k in keys},
-                actions=np.stack([s.running.action for s in steps]),
-                rewards=[s.reward for s in steps],
-                next_observation={k: np.stack([s.observation[k] for s in steps]) for k in keys},
-                terminated=np.array([s.state == EpisodeState.TERMINAL for s in steps]),
-                truncated=np.array([s.state == EpisodeState.INTERRUPTED for s in steps]),
-            )
+            self._write(steps)
         for agent_id, running, reward, obs, action, state in steps:
             running.episode_return += reward
             if state == EpisodeState.RUNNING:
@@ -170,6 +164,35 @@ class MemoryProxy:
         for agent_id, running in starts:
             running.episode_id = self._table.new_episode_id()
             self._running[agent_id] = running
+
+    def _write(self, steps: list[_Step]) -> None:
+        """Write checked steps to the table (arrays already of the table's dtypes and shapes)."""
+        n = len(steps)
+        if n > self._table.capacity:
+            raise ValueError(f"{self._where}: expected at most capacity={self._table.capacity} transitions per "
+                             f"call, got {n}")
+        rewards = np.array([s.reward for s in steps], np.float32)  # each checked to fit (_check_reward)
+        if n == 1:  # the common case (one sub-env): no list comprehensions, rows by reshape
+            (s,) = steps
+            observation = {k: v[None] for k, v in s.running.observation.items()}
+            next_observation = {k: v[None] for k, v in s.observation.items()}
+            actions = s.running.action[None]
+        else:
+            observation = {k: np.stack([s.running.observation[k] for s in steps]) for k in self._spec}
+            next_observation = {k: np.stack([s.observation[k] for s in steps]) for k in self._spec}
+            actions = np.stack([s.running.action for s in steps])
+        self._table._write(
+            np.array([s.running.episode_id for s in steps], np.int64),
+            np.array([s.agent_id for s in steps], np.int64),
+            np.array([s.running.step for s in steps], np.int64),
+            observation,
+            next_observation,
+            actions,
+            rewards,
+            np.array([s.state == EpisodeState.TERMINAL for s in steps]),
+            np.array([s.state == EpisodeState.INTERRUPTED for s in steps]),
+            self._where,
+        )
 
     def interrupt(self, agent_ids: Iterable[AgentId] | None = None) -> None:
         """End running episodes without a final observation (e.g. when a collector stops).
@@ -225,8 +248,8 @@ class MemoryProxy:
 
     # ---- checks ----------------------------------------------------------------------------------
     def _check_observation(self, data: Any, at: str) -> dict[str, np.ndarray]:
-        spec = self._table.observation_spec
-        if not isinstance(data, Mapping) or set(data) != set(spec):
+        spec = self._spec
+        if not isinstance(data, Mapping) or data.keys() != self._spec_keys:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"{at}: expected array_data with keys {sorted(spec)}, got {got}")
         out = {}
@@ -238,8 +261,8 @@ class MemoryProxy:
     def _check_action(self, actions: Mapping[AgentId, Any], agent_id: AgentId, at: str) -> np.ndarray:
         if agent_id not in actions:
             raise ValueError(f"{at}: expected an action (the agent is INITIAL or RUNNING), got none")
-        arr = _checks.array_like(actions[agent_id], "action", self._table.action_shape, self._table.action_dtype, at)
-        return arr.astype(self._table.action_dtype, copy=True)
+        arr = _checks.array_like(actions[agent_id], "action", self._action_shape, self._action_dtype, at)
+        return arr.astype(self._action_dtype, copy=True)
 
     @staticmethod
     def _check_reward(reward: Any, state: EpisodeState, at: str) -> float:
@@ -251,7 +274,12 @@ class MemoryProxy:
             raise ValueError(f"{at}: expected a scalar reward, got {reward!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"{at}: expected a finite reward, got {value}")
+        if abs(value) > _FLOAT32_MAX:  # finite as a Python float, but not in the table's float32 column
+            raise ValueError(f"{at}: expected a reward finite as a float32, got {value}")
         return value
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _all_finite(arrays: list[tuple[str, str, np.ndarray]]) -> None:
