@@ -1,7 +1,9 @@
 """``emote-jax`` (also ``python -m emote_jax``): command-line entry points.
 
-``emote-jax train`` trains SAC with the default configuration (Pendulum-v1, 15k env steps) and evaluates
-the deterministic policy at the end. Every :class:`~emote_jax.train.SACConfig` field has an option.
+``emote-jax train`` trains an agent (``--algo``, SAC by default: Pendulum-v1, 15k env steps) and evaluates
+the deterministic policy at the end; the recipes and their options are in :mod:`emote_jax.recipes`
+(``emote-jax train --algo NAME --help`` lists NAME's). ``eval`` and ``--resume`` take the algorithm from the
+run's ``config.json`` (one without ``"algo"`` is SAC).
 ``emote-jax eval RUN_DIR`` evaluates the trained policy of a run; ``emote-jax checkpoints RUN_DIR`` lists
 its checkpoints with their sizes, times and integrity.
 
@@ -38,7 +40,9 @@ from emote_jax.checkpoint import (
     verify_checkpoint,
 )
 from emote_jax.errors import ConfigError
-from emote_jax.train import SACConfig, train_sac
+from emote_jax.recipes import ALGORITHMS, DEFAULT_ALGO, Algorithm, algo_of, get_algorithm
+from emote_jax.recipes.common import train_run
+from emote_jax.recipes.config import add_run_options, with_tuples
 
 PROG = "emote-jax"
 #: The environment variable that, set to 1, shows tracebacks as ``--debug`` does.
@@ -74,58 +78,20 @@ def _add_debug(p: argparse.ArgumentParser, default: Any) -> None:
                    help=f"let errors through with their traceback (also: {DEBUG_ENV}=1)")
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 256,256, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,256, got {text!r}")
-    return dims
-
-
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    d = SACConfig()
-    p = sub.add_parser("train", help="train SAC (default: Pendulum-v1, 15k env steps) and evaluate it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
+    d = algo.config_cls()
+    others = ", ".join(f"--algo {n} --help" for n in ALGORITHMS if n != algo.name)
+    p = sub.add_parser(
+        "train", help=f"train an agent (--algo {DEFAULT_ALGO} by default: {d.env_id}, {d.env_steps} env steps) "
+                      "and evaluate it",
+        description=f"Train {algo.title} and evaluate its deterministic policy. This lists {algo.title}'s options"
+                    + (f"; {others} lists those of the others." if others else "."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_debug(p, argparse.SUPPRESS)
-    p.add_argument("--env", dest="env_id", default=d.env_id, help="gymnasium env id (Box actions)")
-    p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-envs", type=int, default=d.num_envs)
-    p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
-    p.add_argument("--threaded", action="store_true", help="collect on a background thread")
-    p.add_argument("--act-on-device", dest="act_on_host", action="store_false",
-                   help="act with the jitted policy instead of its NumPy mirror on the host")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
-    p.add_argument("--hidden", dest="hidden_dims", type=_int_tuple, default=d.hidden_dims, help="e.g. 256,256")
-    p.add_argument("--lr-q", type=float, default=d.lr_q)
-    p.add_argument("--lr-policy", type=float, default=d.lr_policy)
-    p.add_argument("--lr-alpha", type=float, default=d.lr_alpha)
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--tau", type=float, default=d.tau)
-    p.add_argument("--reward-scale", type=float, default=d.reward_scale)
-    p.add_argument("--max-alpha", type=float, default=d.max_alpha)
-    p.add_argument("--memory-size", type=int, default=d.memory_size)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="random-action env steps first")
-    p.add_argument("--bp-steps-per-env-step", type=float, default=d.bp_steps_per_env_step,
-                   help="backprop steps per vector step (0.5: two vector steps per backprop step)")
-    p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")
-    p.add_argument("--prefetch", action="store_true", help="sample the next batch on a background thread")
-    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
-    p.add_argument("--log-interval", type=int, default=d.log_interval, help="env steps between progress lines")
-    p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
-    p.add_argument("--no-log-metrics", dest="log_metrics", action="store_false",
-                   help="write no TensorBoard logs, metrics.csv or learning curve")
-    p.add_argument("--metrics-interval", type=int, default=d.metrics_interval,
-                   help="backprop steps between logged scalars (TensorBoard, metrics.csv, W&B)")
-    p.add_argument("--wandb-project", default=d.wandb_project, help="also log to this W&B project (needs wandb)")
-    p.add_argument("--wandb-mode", default=d.wandb_mode, choices=["online", "offline", "disabled"],
-                   help="W&B mode; offline needs no account")
-    p.add_argument("--checkpoint-interval", type=int, default=d.checkpoint_interval,
-                   help="backprop steps between checkpoints in RUN_DIR/checkpoints (0: no checkpoints)")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="how many latest checkpoints to keep")
+    p.add_argument("--algo", default=algo.name, choices=sorted(ALGORITHMS),
+                   help="the algorithm (its options below follow it)")
+    add_run_options(p.add_argument_group("run options (every algorithm)"), d)
+    algo.add_options(p.add_argument_group(f"{algo.title} options (--algo {algo.name})"), d)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from its newest intact checkpoint, with its config.json "
                         "(options given here that differ from their defaults override it, e.g. a larger --steps). "
@@ -160,13 +126,13 @@ def _checkpoints_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a run directory written by `emote-jax train` (its checkpoints/)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``emote-jax`` parser (errors raise :class:`UsageError`)."""
+def build_parser(algo: str = DEFAULT_ALGO) -> argparse.ArgumentParser:
+    """The ``emote-jax`` parser, its ``train`` options those of ``algo`` (errors raise :class:`UsageError`)."""
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], epilog=EXIT_STATUSES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    _train_parser(sub, ALGORITHMS.get(algo, ALGORITHMS[DEFAULT_ALGO]))  # an unknown --algo: argparse says so
     _eval_parser(sub)
     _checkpoints_parser(sub)
     return parser
@@ -200,7 +166,8 @@ def _check_resume_step(checkpoints: Path, steps: list[int], step: int) -> None:
 
 
 def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any]:
-    """The saved config.json of ``--run-dir``, overridden by the options that differ from their defaults."""
+    """The saved config.json of ``--run-dir``, overridden by the options that differ from their defaults
+    (those of the saved run's algorithm: a config.json without ``"algo"`` is SAC's)."""
     run_dir = _run_dir(args["run_dir"], "--resume")
     checkpoints = run_dir / "checkpoints"
     steps = checkpoint_steps(checkpoints)
@@ -216,11 +183,40 @@ def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any
         raise UsageError(f"--resume: {config} is not readable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(saved, dict):
         raise UsageError(f"--resume: {config}: expected a JSON object of settings, got {type(saved).__name__}")
-    for k in ("hidden_dims", "q_hidden_dims"):  # JSON turned the tuples into lists
-        if isinstance(saved.get(k), list):
-            saved[k] = tuple(saved[k])
-    defaults = vars(build_parser().parse_args(["train"]))
-    return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "run_dir": str(run_dir)}
+    algo = algo_of(saved)
+    if algo not in ALGORITHMS:
+        raise UsageError(f"--resume: {config} is of the algorithm {algo!r}, which this version does not know; "
+                         f"expected one of {sorted(ALGORITHMS)}")
+    if args["algo"] != algo:
+        raise UsageError(f"--resume: {run_dir} is a run of --algo {algo}, not --algo {args['algo']}")
+    saved = with_tuples(ALGORITHMS[algo].config_cls, saved)  # JSON turned the tuples into lists
+    defaults = vars(build_parser(algo).parse_args(["train", "--algo", algo]))
+    return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "algo": algo, "run_dir": str(run_dir)}
+
+
+def _saved_algo(argv: Sequence[str]) -> str | None:
+    """For ``train --resume --run-dir DIR`` without ``--algo``: the algorithm of DIR's config.json, if readable."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--run-dir")
+    known, _ = pre.parse_known_args(argv)
+    if not (known.resume and known.run_dir):
+        return None
+    try:
+        return algo_of(json.loads((Path(known.run_dir) / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None  # _resume_args says what is wrong
+
+
+def _algo_arg(argv: Sequence[str]) -> str:
+    """The ``--algo`` of a ``train`` command line (that of the resumed run, or the default, without one)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo")
+    known, _ = pre.parse_known_args(argv)
+    if known.algo is not None:
+        return known.algo
+    saved = _saved_algo(argv)
+    return saved if saved in ALGORITHMS else DEFAULT_ALGO
 
 
 # ---- the commands ---------------------------------------------------------------------------------------
@@ -233,16 +229,17 @@ def _train(args: dict[str, Any]) -> int:
     if resume:
         args = _resume_args(args, resume_step)
     elif args["run_dir"] is None:
-        args["run_dir"] = f"runs/sac-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    fields = {f.name for f in dataclasses.fields(SACConfig)}
-    cfg = SACConfig(**{k: v for k, v in args.items() if k in fields})
+        args["run_dir"] = f"runs/{args['algo']}-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    algo = get_algorithm(args["algo"])
+    fields = {f.name for f in dataclasses.fields(algo.config_cls)}
+    cfg = algo.config_cls(**{k: v for k, v in args.items() if k in fields})
     try:
         cfg.validate()
     except ConfigError:
         raise
-    except ValueError as e:  # a setting SACConfig refuses is a setting error, whatever its type
+    except ValueError as e:  # a setting the config refuses is a setting error, whatever its type
         raise ConfigError(str(e)) from e
-    train_sac(cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now, not of import
+    train_run(algo, cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now
     print(f"run directory: {cfg.run_dir}")
     return 0
 
@@ -386,8 +383,9 @@ def _quiet_library_noise() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``emote-jax`` command; the exit status (:data:`EXIT_STATUSES`)."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
-        args = vars(build_parser().parse_args(argv))
+        args = vars(build_parser(_algo_arg(argv)).parse_args(argv))
     except UsageError as e:
         _error(str(e))
         return 2

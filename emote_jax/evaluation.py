@@ -12,11 +12,8 @@ slot, :func:`load_policy` can restore from there instead.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,61 +23,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
 from emote_jax.context import PyTree
-from emote_jax.networks.sac import GaussianPolicy
+from emote_jax.recipes import algo_of, config_from_json, get_algorithm
+from emote_jax.recipes.common import POLICY_DIR, Act, Algorithm, run_episodes, save_policy
+from emote_jax.recipes.envs import single_env
 
-#: Where ``train_sac`` puts the final policy parameters inside a run directory.
-POLICY_DIR = "policy"
+__all__ = ["POLICY_DIR", "LoadedPolicy", "config_from_json", "evaluate_run", "load_policy", "record_video",
+           "run_episodes", "save_policy"]
 
 
-def save_policy(run_dir: str | Path, params: PyTree) -> Path:
-    """Write ``params`` to ``run_dir/policy`` with Orbax (replacing what is there); returns the path."""
-    import orbax.checkpoint as ocp
-
-    path = (Path(run_dir) / POLICY_DIR).absolute()
-    ckptr = ocp.StandardCheckpointer()
+def _spaces(algo: Algorithm, cfg: Any) -> tuple[int, int]:
+    env = single_env(cfg)
     try:
-        ckptr.save(path, params, force=True)
-        ckptr.wait_until_finished()
-    finally:
-        ckptr.close()
-    return path
-
-
-def config_from_json(data: dict[str, Any]) -> Any:
-    """A :class:`~emote_jax.train.SACConfig` from the dict in ``config.json``.
-
-    JSON turns tuples into lists: tuple-typed fields get tuples back. Keys this version does not know
-    are ignored (a newer run directory), so are missing ones (defaults).
-    """
-    from emote_jax.train import SACConfig
-
-    if not isinstance(data, dict):
-        raise TypeError(f"expected config.json to hold a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(SACConfig)
-    kwargs = {}
-    for f in dataclasses.fields(SACConfig):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        hint = hints.get(f.name)
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
-            value = tuple(value)
-        kwargs[f.name] = value
-    return SACConfig(**kwargs)
-
-
-def _spaces(cfg: Any) -> tuple[int, int]:
-    env = gymnasium.make(cfg.env_id, **cfg.env_kwargs)
-    try:
-        obs, act = env.observation_space, env.action_space
+        return algo.check_spaces(env.observation_space, env.action_space, cfg.env_id)
     finally:
         env.close()
-    if not isinstance(act, gymnasium.spaces.Box) or not isinstance(obs, gymnasium.spaces.Box) or len(obs.shape) != 1:
-        raise TypeError(f"expected {cfg.env_id} to have a flat Box observation and Box actions, got {obs!r}, {act!r}")
-    return int(obs.shape[0]), int(np.prod(act.shape))
 
 
 @dataclass
@@ -89,8 +46,9 @@ class LoadedPolicy:
 
     run_dir: Path
     config: Any
-    policy_net: GaussianPolicy
+    policy_net: Any  # the acting network of the run's algorithm (SAC: a GaussianPolicy)
     params: PyTree
+    algo: Algorithm | None = None  # None: SAC
 
 
 def load_policy(run_dir: str | Path) -> LoadedPolicy:
@@ -106,12 +64,15 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
             f"expected a trained policy in {policy_path} (train_sac writes it when training ends); "
             f"found {sorted(p.name for p in run_dir.iterdir())}"
         )
-    cfg = config_from_json(json.loads(config_path.read_text()))
-    obs_dim, n_actions = _spaces(cfg)
-    policy_net = GaussianPolicy(n_actions, tuple(cfg.hidden_dims))
+    data = json.loads(config_path.read_text())
+    algo = get_algorithm(algo_of(data))
+    cfg = config_from_json(data)
+    obs_dim, n_actions = _spaces(algo, cfg)
+    policy_net = algo.make_net(cfg, obs_dim, n_actions)
     abstract = jax.eval_shape(policy_net.init, jax.random.key(0), jnp.zeros((1, obs_dim), jnp.float32))
     what = (f"the policy saved in {policy_path} does not fit the network built from {config_path} "
-            f"(obs_dim={obs_dim}, n_actions={n_actions}, hidden_dims={tuple(cfg.hidden_dims)})")
+            f"(obs_dim={obs_dim}, n_actions={n_actions}"
+            + (f", hidden_dims={tuple(cfg.hidden_dims)})" if hasattr(cfg, "hidden_dims") else ")"))
     ckptr = ocp.StandardCheckpointer()
     try:
         saved = _layout(ckptr.metadata(policy_path).item_metadata.tree)
@@ -127,7 +88,7 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
         raise ValueError(f"{what}: {type(e).__name__}: {e}") from e
     finally:
         ckptr.close()
-    return LoadedPolicy(run_dir, cfg, policy_net, params)
+    return LoadedPolicy(run_dir, cfg, policy_net, params, algo)
 
 
 def _layout(tree: PyTree) -> dict[str, str]:
@@ -136,28 +97,12 @@ def _layout(tree: PyTree) -> dict[str, str]:
     return {jax.tree_util.keystr(path): f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}" for path, leaf in leaves}
 
 
-def _act_fn(policy_net: GaussianPolicy) -> Any:
-    from emote_jax.train import policy_act
-
-    return jax.jit(policy_act(policy_net, deterministic=True))
+def _algo(loaded: LoadedPolicy) -> Algorithm:
+    return loaded.algo if loaded.algo is not None else get_algorithm("sac")
 
 
-def run_episodes(env: gymnasium.Env, act: Any, params: PyTree, episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` episodes of ``act`` (``(params, obs (1, d), key) -> actions (1, A)`` in [-1, 1])
-    on ``env``, reset with seeds ``seed, seed + 1, ...``; actions are rescaled to the Box bounds."""
-    low, high = env.action_space.low, env.action_space.high
-    key = jax.random.key(0)
-    returns = []
-    for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + ep)
-        done, total = False, 0.0
-        while not done:
-            a = np.asarray(act(params, jnp.asarray(obs, jnp.float32)[None], key))[0]
-            obs, r, terminated, truncated, _ = env.step(low + (a + 1.0) * 0.5 * (high - low))
-            total += float(r)
-            done = bool(terminated or truncated)
-        returns.append(total)
-    return returns
+def _act_fn(loaded: LoadedPolicy) -> Act:
+    return jax.jit(_algo(loaded).eval_policy(loaded.policy_net))
 
 
 def record_video(loaded: LoadedPolicy, video_dir: str | Path, episodes: int = 1,
@@ -184,7 +129,7 @@ def record_video(loaded: LoadedPolicy, video_dir: str | Path, episodes: int = 1,
         env.close()
         return [], "moviepy is not installed (pip install 'emote-jax[video]')"
     try:
-        run_episodes(env, _act_fn(loaded.policy_net), loaded.params, episodes, seed)
+        run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, _algo(loaded).env_action)
     except DependencyNotInstalled as e:  # e.g. pygame for the classic-control renderers
         return [], f"rendering needs a missing package: {e}"
     finally:
@@ -208,9 +153,9 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int | None = Non
     loaded = load_policy(run_dir)
     cfg = loaded.config
     seed = cfg.seed + 10_000 if seed is None else seed
-    env = gymnasium.make(cfg.env_id, **cfg.env_kwargs)
+    env = single_env(cfg)
     try:
-        returns = run_episodes(env, _act_fn(loaded.policy_net), loaded.params, episodes, seed)
+        returns = run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, _algo(loaded).env_action)
     finally:
         env.close()
     r = np.asarray(returns)

@@ -251,7 +251,7 @@ def test_an_abort_keeps_exit_status_130_with_one_line(capfd, monkeypatch, tmp_pa
     def aborted(*args, **kwargs):
         raise TrainingAborted("second SIGINT")
 
-    monkeypatch.setattr("emote_jax.cli.train_sac", aborted)
+    monkeypatch.setattr("emote_jax.cli.train_run", aborted)
     status, _, err = cli(capfd, "train", "--run-dir", tmp_path / "run")
     assert status == 130 and err == ["emote-jax train: aborted (second SIGINT)"]
 

@@ -1,0 +1,148 @@
+"""The settings every recipe shares: :class:`RunConfig`, its CLI options, and reading it back from JSON.
+
+An algorithm's config is a dataclass that extends :class:`RunConfig` with its own fields (an ``algo``
+field naming it first, then its hyperparameters) and its own checks (:meth:`RunConfig.algo_checks`).
+Step counts are env steps (transitions over all sub-envs) unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from emote_jax.errors import ConfigError
+
+#: A check of :meth:`RunConfig.validate`: ``(field name, whether it holds, what was expected)``.
+Check = tuple[str, bool, str]
+
+
+@dataclass
+class RunConfig:
+    """The run settings of every algorithm: env, budget, memory, collection, outputs, checkpoints."""
+
+    env_id: str = "Pendulum-v1"
+    env_steps: int = 15_000
+    seed: int = 0
+    num_envs: int = 1
+    async_envs: bool = False
+    threaded: bool = False
+    act_on_host: bool = True  # the collector evaluates the policy with NumPy on a host copy of its params
+    batch_size: int = 256
+    rollout_length: int = 1
+    memory_size: int = 1_000_000
+    warmup_steps: int = 1_000
+    random_warmup: bool = True
+    bp_steps_per_env_step: float = 1.0
+    steps_per_call: int = 1
+    prefetch: bool = False
+    eval_episodes: int = 10
+    log_interval: int = 1_000
+    run_dir: str | None = None
+    log_metrics: bool = True  # TensorBoard, metrics.csv, episodes.csv, learning_curve.png in run_dir
+    metrics_interval: int = 100  # backprop steps between logged scalars
+    wandb_project: str | None = None  # also log to Weights & Biases (pip install 'emote-jax[wandb]')
+    wandb_mode: str | None = None  # e.g. "offline": no account or network needed
+    checkpoint_interval: int = 5_000  # backprop steps between checkpoints in run_dir/checkpoints (0: none)
+    keep_checkpoints: int = 3  # the last N checkpoints are kept
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def run_checks(self) -> list[Check]:
+        """The checks of the shared settings."""
+        return [
+            ("env_steps", self.env_steps > 0, "> 0"), ("num_envs", self.num_envs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"), ("rollout_length", self.rollout_length >= 1, ">= 1"),
+            ("memory_size", self.memory_size >= self.batch_size, f">= batch_size ({self.batch_size})"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("warmup_steps", self.warmup_steps < self.env_steps,
+             f"< --steps ({self.env_steps}): otherwise the warm-up takes the whole budget and nothing is trained"),
+            ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0, "> 0"),
+            ("steps_per_call", self.steps_per_call >= 1, ">= 1"), ("eval_episodes", self.eval_episodes >= 0, ">= 0"),
+            ("log_interval", self.log_interval > 0, "> 0"), ("metrics_interval", self.metrics_interval > 0, "> 0"),
+            ("checkpoint_interval", self.checkpoint_interval >= 0, ">= 0"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+            ("batch_size", self.batch_size % self.rollout_length == 0,
+             f"a multiple of rollout_length ({self.rollout_length})"),
+        ]
+
+    def algo_checks(self) -> list[Check]:
+        """The checks of the algorithm's own settings (an algorithm's config overrides this)."""
+        return []
+
+    def validate(self) -> None:
+        """Raise a :class:`~emote_jax.errors.ConfigError` naming the first setting that cannot work."""
+        for name, ok, expected in [*self.run_checks(), *self.algo_checks()]:
+            if not ok:
+                option = cli_option(name)
+                raise ConfigError(f"{option} {getattr(self, name)!r} is not valid: expected {expected}", option)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Option names of ``emote-jax train`` that are not ``--`` + the field name with dashes.
+_CLI_OPTIONS = {"env_id": "--env", "env_steps": "--steps", "hidden_dims": "--hidden", "act_on_host": "--act-on-device"}
+
+
+def cli_option(field_name: str) -> str:
+    """The ``emote-jax train`` option that sets the config field ``field_name``."""
+    return _CLI_OPTIONS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def config_from_dict(cls: type[RunConfig], data: dict[str, Any]) -> Any:
+    """A ``cls`` from a dict read from ``config.json``.
+
+    JSON turns tuples into lists: tuple-typed fields get tuples back. Keys ``cls`` does not know are
+    ignored (a newer run directory), so are missing ones (defaults).
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"expected config.json to hold a JSON object, got {type(data).__name__}")
+    return cls(**{k: v for k, v in with_tuples(cls, data).items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+def with_tuples(cls: type[RunConfig], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the lists of ``cls``'s tuple-typed fields turned back into tuples."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name)
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if isinstance(out.get(f.name), list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
+            out[f.name] = tuple(out[f.name])
+    return out
+
+
+def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: RunConfig) -> None:
+    """The ``emote-jax train`` options of the :class:`RunConfig` fields, with the defaults of ``d``."""
+    p.add_argument("--env", dest="env_id", default=d.env_id, help="gymnasium env id")
+    p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
+    p.add_argument("--threaded", action="store_true", help="collect on a background thread")
+    p.add_argument("--act-on-device", dest="act_on_host", action="store_false",
+                   help="act with the jitted policy instead of its NumPy mirror on the host")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
+    p.add_argument("--memory-size", type=int, default=d.memory_size)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="random-action env steps first")
+    p.add_argument("--bp-steps-per-env-step", type=float, default=d.bp_steps_per_env_step,
+                   help="backprop steps per vector step (0.5: two vector steps per backprop step)")
+    p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")
+    p.add_argument("--prefetch", action="store_true", help="sample the next batch on a background thread")
+    p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    p.add_argument("--log-interval", type=int, default=d.log_interval, help="env steps between progress lines")
+    p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
+    p.add_argument("--no-log-metrics", dest="log_metrics", action="store_false",
+                   help="write no TensorBoard logs, metrics.csv or learning curve")
+    p.add_argument("--metrics-interval", type=int, default=d.metrics_interval,
+                   help="backprop steps between logged scalars (TensorBoard, metrics.csv, W&B)")
+    p.add_argument("--wandb-project", default=d.wandb_project, help="also log to this W&B project (needs wandb)")
+    p.add_argument("--wandb-mode", default=d.wandb_mode, choices=["online", "offline", "disabled"],
+                   help="W&B mode; offline needs no account")
+    p.add_argument("--checkpoint-interval", type=int, default=d.checkpoint_interval,
+                   help="backprop steps between checkpoints in RUN_DIR/checkpoints (0: no checkpoints)")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="how many latest checkpoints to keep")

@@ -1,0 +1,171 @@
+"""SAC's recipe: its config fields, its callbacks, its policy for acting and for evaluation.
+
+Everything else of a run (env, memory, collector, budget, outputs, checkpoints, evaluation) is the
+shared machinery of :mod:`emote_jax.recipes.common`; :data:`SAC` is what SAC brings to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import gymnasium
+import jax
+import numpy as np
+
+from emote_jax.algorithms.sac import make_sac_callbacks
+from emote_jax.callback import Callback, HostCallback
+from emote_jax.errors import ConfigError, UnsupportedSpaceError
+from emote_jax.networks.host import GaussianHostPolicy
+from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
+from emote_jax.recipes import common
+from emote_jax.recipes.common import Algorithm, Run, box_action
+from emote_jax.recipes.config import Check, RunConfig
+
+
+@dataclass
+class SACConfig(RunConfig):
+    """Everything ``emote-jax train --algo sac`` can set. Defaults: SAC on Pendulum-v1 as the reference
+    benchmarks it. The run settings are :class:`~emote_jax.recipes.config.RunConfig`'s; these are SAC's."""
+
+    algo: str = "sac"
+    hidden_dims: tuple[int, ...] = (256, 256)
+    q_hidden_dims: tuple[int, ...] | None = None
+    lr_q: float = 3e-4
+    lr_policy: float = 3e-4
+    lr_alpha: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    reward_scale: float = 1.0
+    initial_alpha: float = 1.0
+    max_alpha: float = 0.2
+    max_grad_norm: float = 10.0
+
+    def algo_checks(self) -> list[Check]:
+        return [
+            ("algo", self.algo == "sac", "'sac' (this is a SACConfig)"),
+            ("gamma", 0.0 <= self.gamma <= 1.0, "in [0, 1]"), ("tau", 0.0 < self.tau <= 1.0, "in (0, 1]"),
+            ("lr_q", self.lr_q > 0, "> 0"), ("lr_policy", self.lr_policy > 0, "> 0"),
+            ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
+            ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+        ]
+
+
+def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
+    """The ``emote-jax train --algo sac`` options of SAC's own fields."""
+    p.add_argument("--hidden", dest="hidden_dims", type=int_tuple, default=d.hidden_dims, help="e.g. 256,256")
+    p.add_argument("--lr-q", type=float, default=d.lr_q)
+    p.add_argument("--lr-policy", type=float, default=d.lr_policy)
+    p.add_argument("--lr-alpha", type=float, default=d.lr_alpha)
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--tau", type=float, default=d.tau)
+    p.add_argument("--reward-scale", type=float, default=d.reward_scale)
+    p.add_argument("--max-alpha", type=float, default=d.max_alpha)
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """``"256,256"`` -> ``(256, 256)``: layer sizes on the command line."""
+    try:
+        dims = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 256,256, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,256, got {text!r}")
+    return dims
+
+
+# ---- spaces and networks ---------------------------------------------------------------------------------
+
+
+def check_space_pair(obs_space: gymnasium.Space, act_space: gymnasium.Space, name: str) -> tuple[int, int]:
+    """``(obs_dim, n_actions)`` of a flat Box observation and a bounded Box action space, or a clear error."""
+    if not isinstance(act_space, gymnasium.spaces.Box):
+        raise UnsupportedSpaceError(f"--env {name}: SAC needs a continuous Box action space, got {act_space!r}", "--env")
+    if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
+        raise ConfigError(f"--env {name}: SAC needs finite action bounds to rescale its [-1, 1] actions, got "
+                          f"low={act_space.low}, high={act_space.high}", "--env")
+    if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
+        raise UnsupportedSpaceError(f"--env {name}: the default SAC networks take a flat Box observation (obs_dim,), "
+                                    f"got {obs_space!r}", "--env")
+    return int(obs_space.shape[0]), int(np.prod(act_space.shape))
+
+
+def check_spaces(env: gymnasium.vector.VectorEnv, env_id: str | None = None) -> tuple[int, int]:
+    """``(obs_dim, n_actions)`` of a flat Box-observation, Box-action vector env, or a clear error."""
+    name = env_id or (env.spec.id if env.spec else "the env")
+    return check_space_pair(env.single_observation_space, env.single_action_space, name)
+
+
+def make_callbacks(cfg: SACConfig, obs_dim: int, n_actions: int, key: jax.Array) -> tuple[list[Callback], GaussianPolicy]:
+    """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg``."""
+    return make_sac_callbacks(
+        obs_dim=obs_dim, n_actions=n_actions, key=key, hidden_dims=cfg.hidden_dims,
+        q_hidden_dims=cfg.q_hidden_dims, lr_q=cfg.lr_q, lr_policy=cfg.lr_policy, lr_alpha=cfg.lr_alpha,
+        gamma=cfg.gamma, tau=cfg.tau, reward_scale=cfg.reward_scale, initial_alpha=cfg.initial_alpha,
+        max_alpha=cfg.max_alpha, max_grad_norm=cfg.max_grad_norm,
+    )
+
+
+def make_net(cfg: SACConfig, obs_dim: int, n_actions: int) -> GaussianPolicy:
+    """The policy network of a SAC run (what ``policy/`` holds the parameters of)."""
+    del obs_dim
+    return GaussianPolicy(n_actions, tuple(cfg.hidden_dims))
+
+
+# ---- acting ----------------------------------------------------------------------------------------------
+
+
+def policy_act(policy_net: GaussianPolicy, deterministic: bool = False) -> Callable[..., jax.Array]:
+    """``(params, obs (N, obs_dim), key) -> actions (N, A)`` in [-1, 1]: a sample, or ``tanh(mean)``."""
+
+    def act(params: Any, obs: jax.Array, key: jax.Array) -> jax.Array:
+        mean, std = policy_net.apply(params, obs)
+        return mode_action(mean) if deterministic else sample_action(mean, std, key)[0]
+
+    return act
+
+
+def collector_policy(policy_net: GaussianPolicy, on_host: bool = True) -> GaussianHostPolicy | Callable[..., jax.Array]:
+    """The policy a collector acts with: the NumPy mirror of ``policy_net`` (``on_host``), or the jitted
+    :func:`policy_act`. Same distribution; the host one saves a device round trip per env step."""
+    return GaussianHostPolicy(policy_net) if on_host else policy_act(policy_net)
+
+
+def deterministic_policy(policy_net: GaussianPolicy) -> Callable[..., jax.Array]:
+    """``tanh(mean)``: how a trained SAC policy is evaluated."""
+    return policy_act(policy_net, deterministic=True)
+
+
+#: SAC as the recipe layer sees it.
+SAC = Algorithm(
+    name="sac", title="SAC", config_cls=SACConfig, check_spaces=check_space_pair, make_callbacks=make_callbacks,
+    make_net=make_net, params_slot="policy", collector_policy=collector_policy, eval_policy=deterministic_policy,
+    env_action=box_action, add_options=add_options,
+)
+
+# ---- the recipe under its SAC names ----------------------------------------------------------------------
+
+#: The assembled pieces of a SAC run (:class:`~emote_jax.recipes.common.Run`).
+SACRun = Run
+
+
+def build_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False,
+              extra_callbacks: Sequence[Callback | HostCallback] = (), resume_step: int | None = None) -> Run:
+    """:func:`~emote_jax.recipes.common.build_run` for SAC: env, memory, loader, collector, SAC callbacks
+    and trainer from ``cfg`` (see there for ``resume``, ``resume_step`` and ``extra_callbacks``)."""
+    return common.build_run(SAC, cfg, out, resume=resume, extra_callbacks=extra_callbacks, resume_step=resume_step)
+
+
+def train_sac(cfg: SACConfig, out: TextIO | None = sys.stdout, resume: bool = False,
+              resume_step: int | None = None) -> dict[str, Any]:
+    """:func:`~emote_jax.recipes.common.train_run` for SAC: train per ``cfg``, evaluate ``tanh(mean)``, write
+    ``config.json``, ``result.json`` and ``policy/`` to ``run_dir``; returns the result."""
+    return common.train_run(SAC, cfg, out, resume=resume, resume_step=resume_step)
+
+
+def evaluate(cfg: SACConfig, policy_net: GaussianPolicy, params: Any, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` deterministic episodes (``tanh(mean)``) on fresh single envs."""
+    return common.evaluate(SAC, cfg, policy_net, params, episodes, seed)
