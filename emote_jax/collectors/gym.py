@@ -32,7 +32,6 @@ with an action that the memory received), ``vector_steps`` counts ``env.step`` c
 from __future__ import annotations
 
 import contextlib
-import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -50,24 +49,26 @@ from emote_jax.callback import HostCallback, TrainingShutdownException
 from emote_jax.context import Context, PyTree
 from emote_jax.faults import shutdown_requested
 from emote_jax.memory import AgentObservation, EpisodeState
+from emote_jax.collectors.acting import checked_actions, env_actions, observation_shape_error
+from emote_jax.collectors.spaces import (
+    OBS_KEY,
+    NonFiniteObservationError,
+    ObservationShapeError,
+    PolicyOutputError,
+    check_finite,
+    check_single_finite,
+    memory_spec,
+    obs_dict,
+)
+from emote_jax.collectors.spaces import check_action_space as _check_action_space
+from emote_jax.collectors.spaces import obs_keys as _obs_keys
+from emote_jax.collectors.state import collector_state, load_collector_state, resume_seed
 from emote_jax.networks.host import HostPolicy
 
-#: The array key under which a Box observation is stored.
-OBS_KEY = "obs"
+__all__ = ["OBS_KEY", "GymCollector", "NonFiniteObservationError", "ObservationShapeError", "Policy",
+           "PolicyOutputError", "memory_spec"]
 
 Policy = Callable[[PyTree, Any, jax.Array], jax.Array]
-
-
-class NonFiniteObservationError(ValueError):
-    """A sub-env returned an observation (or reward) that is NaN or infinite."""
-
-
-class ObservationShapeError(ValueError):
-    """The policy cannot take the env's observations (their shape does not match the network)."""
-
-
-class PolicyOutputError(ValueError):
-    """The policy returned actions of the wrong shape, or non-finite actions."""
 
 
 def _stop_if_requested(where: str) -> None:
@@ -75,45 +76,6 @@ def _stop_if_requested(where: str) -> None:
     signal = shutdown_requested()
     if signal is not None:
         raise TrainingShutdownException(f"{where}: stopped by {signal}")
-
-
-# ---- spaces ------------------------------------------------------------------------------------------
-
-
-def _check_action_space(space: gymnasium.Space) -> spaces.Box:
-    if not isinstance(space, spaces.Box):
-        raise TypeError(
-            f"this collector needs a continuous Box action space (SAC's policy outputs actions in [-1, 1] "
-            f"that are rescaled to the Box bounds); the environment's single action space is {space!r}"
-        )
-    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-        raise ValueError(
-            f"the Box action space needs finite bounds to rescale the policy's [-1, 1] actions; got "
-            f"low={space.low}, high={space.high}"
-        )
-    return space
-
-
-def _obs_keys(space: gymnasium.Space) -> dict[str, tuple[int, ...]]:
-    """``key -> unbatched shape`` of the arrays stored for an observation space."""
-    if isinstance(space, spaces.Box):
-        return {OBS_KEY: tuple(space.shape)}
-    if isinstance(space, spaces.Dict) and all(isinstance(s, spaces.Box) for s in space.spaces.values()):
-        return {k: tuple(s.shape) for k, s in space.spaces.items()}
-    raise TypeError(
-        f"this collector needs a Box observation space or a Dict of Boxes; the environment's single "
-        f"observation space is {space!r}"
-    )
-
-
-def memory_spec(env: gymnasium.vector.VectorEnv) -> tuple[dict[str, tuple[tuple[int, ...], type]], tuple[int, ...]]:
-    """``(observation_spec, action_shape)`` for a ``ReplayTable`` that a collector over ``env`` fills.
-
-    A Box observation space gives ``{"obs": (shape, np.float32)}``; a Dict of Boxes one entry per key.
-    """
-    keys = _obs_keys(env.single_observation_space)
-    action_space = _check_action_space(env.single_action_space)
-    return {k: (shape, np.float32) for k, shape in keys.items()}, tuple(action_space.shape)
 
 
 # ---- the collector -----------------------------------------------------------------------------------
@@ -195,8 +157,6 @@ class GymCollector(HostCallback):
         self.seed = seed
         self.close_env = close_env
 
-        self._low = self.action_space.low.astype(np.float64)
-        self._high = self.action_space.high.astype(np.float64)
         self._action_shape = tuple(self.action_space.shape)
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.key(seed)
@@ -226,35 +186,10 @@ class GymCollector(HostCallback):
     # ---- observation plumbing --------------------------------------------------------------------
     def _batch_to_dict(self, obs: Any) -> dict[str, np.ndarray]:
         """Batched env observation -> ``{key: (N, *shape) float32}`` (fresh arrays)."""
-        raw = {k: obs[k] for k in self.obs_keys} if self._dict_obs else {OBS_KEY: obs}
-        return {k: np.array(v, dtype=np.float32) for k, v in raw.items()}
-
-    def _single_to_dict(self, obs: Any) -> dict[str, np.ndarray]:
-        raw = {k: obs[k] for k in self.obs_keys} if self._dict_obs else {OBS_KEY: obs}
-        return {k: np.array(v, dtype=np.float32) for k, v in raw.items()}
+        return obs_dict(obs, self.obs_keys, self._dict_obs)
 
     def _policy_input(self, obs: dict[str, np.ndarray]) -> Any:
         return obs if self._dict_obs else obs[OBS_KEY]
-
-    def _check_finite(self, obs: dict[str, np.ndarray], where: str, rows: Any = None) -> None:
-        for k, v in obs.items():
-            bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
-            if rows is not None:
-                bad &= rows
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise NonFiniteObservationError(
-                    f"sub-env {i} returned a non-finite observation {k!r} at vector step {self.vector_steps} "
-                    f"({where}): {v[i]}"
-                )
-
-    def _check_single_finite(self, obs: dict[str, np.ndarray], i: int, where: str) -> None:
-        for k, v in obs.items():
-            if not np.isfinite(v).all():
-                raise NonFiniteObservationError(
-                    f"sub-env {i} returned a non-finite observation {k!r} at vector step {self.vector_steps} "
-                    f"({where}): {v}"
-                )
 
     # ---- acting ----------------------------------------------------------------------------------
     def _host_actions(self, params: PyTree) -> np.ndarray:
@@ -269,31 +204,12 @@ class GymCollector(HostCallback):
         else:
             out, self._key = self._act(params, self._policy_input(self._obs), self._key)
             actions = np.asarray(out)
-        expected = (self.num_envs, *self._action_shape)
-        if actions.shape != expected:
-            raise PolicyOutputError(
-                f"the policy returned actions of shape {actions.shape}, expected {expected} "
-                f"(num_envs={self.num_envs}, action space shape {self._action_shape})"
-            )
-        if not np.isfinite(actions).all():
-            raise PolicyOutputError(f"the policy returned non-finite actions at vector step {self.vector_steps}: {actions}")
-        actions = actions.astype(np.float32)
-        clipped = np.clip(actions, -1.0, 1.0)
-        if not self._warned_clip and np.abs(clipped - actions).max() > 1e-5:
-            self._warned_clip = True
-            warnings.warn(
-                f"{self.name}: the policy returned actions outside [-1, 1] (max |a| = {np.abs(actions).max():.3g}); "
-                "they are clipped, and the clipped actions are stored",
-                stacklevel=3,
-            )
+        clipped, self._warned_clip = checked_actions(actions, (self.num_envs, *self._action_shape), self.vector_steps,
+                                                     self.name, self._warned_clip)
         return clipped
 
     def _random_actions(self) -> np.ndarray:
         return self._rng.uniform(-1.0, 1.0, size=(self.num_envs, *self._action_shape)).astype(np.float32)
-
-    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
-        scaled = self._low + (actions.astype(np.float64) + 1.0) * 0.5 * (self._high - self._low)
-        return scaled.astype(self.action_space.dtype)
 
     # ---- episodes --------------------------------------------------------------------------------
     def _start_agent(self, i: int, obs: dict[str, np.ndarray]) -> None:
@@ -310,7 +226,7 @@ class GymCollector(HostCallback):
     def _reset(self, seed: int | None = None) -> None:
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
         self._obs = self._batch_to_dict(obs)
-        self._check_finite(self._obs, "reset")
+        check_finite(self._obs, self.vector_steps, "reset")
         self._agents: list[int | None] = [None] * self.num_envs
         self._pending: list[AgentObservation | None] = [None] * self.num_envs
         self._ep_return = np.zeros(self.num_envs, np.float64)
@@ -331,13 +247,13 @@ class GymCollector(HostCallback):
             )
             for i in live:  # consumed: the memory now waits for the reward of actions[i]
                 self._pending[i] = None
-        next_obs, rewards, terminated, truncated, info = self.env.step(self._env_actions(actions))
+        next_obs, rewards, terminated, truncated, info = self.env.step(env_actions(actions, self.action_space))
         self.vector_steps += 1
         next_obs = self._batch_to_dict(next_obs)
         rewards = np.asarray(rewards, dtype=np.float64)
         terminated = np.asarray(terminated, dtype=bool)
         truncated = np.asarray(truncated, dtype=bool)
-        self._check_finite(next_obs, "env.step")
+        check_finite(next_obs, self.vector_steps, "env.step")
         if not np.isfinite(rewards).all():
             i = int(np.flatnonzero(~np.isfinite(rewards))[0])
             raise NonFiniteObservationError(
@@ -364,8 +280,8 @@ class GymCollector(HostCallback):
                         f"sub-env {i} ended an episode at vector step {self.vector_steps} but the SAME_STEP "
                         "autoreset env gave no info['final_obs'] for it"
                     )
-                final = self._single_to_dict(info["final_obs"][i])
-                self._check_single_finite(final, i, "final observation")
+                final = obs_dict(info["final_obs"][i], self.obs_keys, self._dict_obs)
+                check_single_finite(final, i, self.vector_steps, "final observation")
             else:
                 final = self._row(next_obs, i)
             state = EpisodeState.TERMINAL if terminated[i] else EpisodeState.INTERRUPTED
@@ -385,7 +301,7 @@ class GymCollector(HostCallback):
         if to_reset.any():
             reset_obs, _ = self.env.reset(options={"reset_mask": to_reset})
             reset_obs = self._batch_to_dict(reset_obs)
-            self._check_finite(reset_obs, "reset of done sub-envs", rows=to_reset)
+            check_finite(reset_obs, self.vector_steps, "reset of done sub-envs", rows=to_reset)
             for i in np.flatnonzero(to_reset):
                 for k in next_obs:
                     next_obs[k][i] = reset_obs[k][i]
@@ -482,12 +398,7 @@ class GymCollector(HostCallback):
             else:
                 jax.eval_shape(self._act, params, obs, self._key)
         except Exception as e:
-            shapes = jax.tree.map(lambda x: tuple(x.shape), obs)
-            raise ObservationShapeError(
-                f"{self.name}: the policy cannot act on the env's observations (batched shapes {shapes}, "
-                f"num_envs={self.num_envs}); does the network's input size match the observation space "
-                f"{self.env.single_observation_space}? {type(e).__name__}: {e}"
-            ) from e
+            raise observation_shape_error(self.name, obs, self.num_envs, self.env.single_observation_space, e) from e
 
     def begin_training(self, ctx: Context) -> None:
         if not self._resume_pending:  # a resumed run keeps its restored cycle counters
@@ -513,15 +424,8 @@ class GymCollector(HostCallback):
 
 
     # ---- exact resume ------------------------------------------------------------------------------
-    @staticmethod
-    def resume_seed(seed: int, bp_step: int) -> int:
-        """The env reset seed of a run resumed after ``bp_step`` completed backprop steps.
-
-        Derived from ``(seed, bp_step)`` with ``np.random.SeedSequence``, so resuming at different steps
-        gives different episodes. A straight run calls ``restart_episodes(resume_seed(seed, N))`` after
-        step N to reproduce exactly a run checkpointed at N and resumed.
-        """
-        return int(np.random.SeedSequence([int(seed), int(bp_step)]).generate_state(1)[0])
+    #: The env reset seed of a run resumed after ``bp_step`` backprop steps (:func:`.state.resume_seed`).
+    resume_seed = staticmethod(resume_seed)
 
     def restart_episodes(self, seed: int) -> None:
         """Close every running episode as INTERRUPTED (its last transition is kept) and reset every
@@ -542,284 +446,10 @@ class GymCollector(HostCallback):
         return contextlib.nullcontext()
 
     def host_state_dict(self) -> dict[str, Any]:
-        """Everything host-side that exact resume needs (NumPy arrays and JSON-able values).
-
-        The sampling RNG and policy key, the step, episode and cycle counters, the episode bookkeeping of
-        every sub-env (agent ids, the pending observation and reward, running return and length), the
-        memory proxy's running episodes and the recent episode statistics. Not the env's own state.
-        """
-        pending = [
-            None if p is None else {"state": int(p.episode_state), "reward": p.reward,
-                                    "observation": {k: v.copy() for k, v in p.array_data.items()}}
-            for p in getattr(self, "_pending", [None] * self.num_envs)
-        ]
-        agents = getattr(self, "_agents", [None] * self.num_envs)
-        return {
-            "version": 1,
-            "num_envs": self.num_envs,
-            "rng_state": self._rng.bit_generator.state,
-            "key_data": np.asarray(jax.random.key_data(self._key)),
-            "key_impl": str(jax.random.key_impl(self._key)),
-            "counters": {"env_steps": self.env_steps, "vector_steps": self.vector_steps,
-                         "episodes_completed": self.episodes_completed, "cycles": self._cycles,
-                         "vector_steps_in_training": self._vector_steps_in_training,
-                         "next_agent": getattr(self, "_next_agent", 0)},
-            "started": self._started,
-            "agents": [None if a is None else int(a) for a in agents],
-            "pending": pending,
-            "ep_return": np.asarray(getattr(self, "_ep_return", np.zeros(self.num_envs)), np.float64),
-            "ep_len": np.asarray(getattr(self, "_ep_len", np.zeros(self.num_envs)), np.int64),
-            "episode_returns": list(self.episode_returns),
-            "episode_lengths": list(self.episode_lengths),
-            "episode_env_steps": list(getattr(self, "episode_env_steps", [])),
-            "memory": self.memory.state_dict() if hasattr(self.memory, "state_dict") else None,
-        }
+        """Everything host-side that exact resume needs (:func:`~emote_jax.collectors.state.collector_state`)."""
+        return collector_state(self)
 
     def load_host_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`host_state_dict`; the next ``begin_training`` then restarts the episodes.
-
-        Checked first (version, number of sub-envs, observation keys and shapes); unchanged on error.
-        """
-        where = f"{self.name}.load_host_state_dict"
-        if state.get("version") != 1:
-            raise ValueError(f"{where}: expected collector state version 1, got {state.get('version')!r}")
-        if state.get("num_envs") != self.num_envs:
-            raise ValueError(f"{where}: expected a state of {self.num_envs} sub-envs, got {state.get('num_envs')!r}")
-        try:
-            rng = np.random.Generator(getattr(np.random, self._rng.bit_generator.__class__.__name__)())
-            rng.bit_generator.state = state["rng_state"]
-            key = jax.random.wrap_key_data(jnp.asarray(state["key_data"]), impl=state["key_impl"])
-            c = {k: int(v) for k, v in state["counters"].items()}
-            agents = [None if a is None else int(a) for a in state["agents"]]
-            pending = []
-            for p in state["pending"]:
-                if p is None:
-                    pending.append(None)
-                    continue
-                obs = {k: np.asarray(v, np.float32) for k, v in p["observation"].items()}
-                if set(obs) != set(self.obs_keys) or any(obs[k].shape != self.obs_keys[k] for k in obs):
-                    raise ValueError(f"expected pending observations {self.obs_keys}, got "
-                                     f"{ {k: v.shape for k, v in obs.items()} }")
-                pending.append(AgentObservation(EpisodeState(p["state"]), obs, p["reward"]))
-            ep_return = np.asarray(state["ep_return"], np.float64)
-            ep_len = np.asarray(state["ep_len"], np.int64)
-            if len(agents) != self.num_envs or len(pending) != self.num_envs or ep_return.shape != (self.num_envs,):
-                raise ValueError(f"expected per-sub-env lists of length {self.num_envs}")
-            memory_state = state.get("memory")
-            if memory_state is not None and hasattr(self.memory, "load_state_dict"):
-                self.memory.load_state_dict(memory_state)  # checks, then replaces (the last fallible step)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: the saved collector state does not fit this collector: "
-                             f"{type(e).__name__}: {e}") from e
-        self._rng, self._key = rng, key
-        self.env_steps, self.vector_steps = c["env_steps"], c["vector_steps"]
-        self.episodes_completed, self._cycles = c["episodes_completed"], c["cycles"]
-        self._vector_steps_in_training, self._next_agent = c["vector_steps_in_training"], c["next_agent"]
-        self._started = bool(state["started"])
-        self._agents, self._pending, self._ep_return, self._ep_len = agents, pending, ep_return, ep_len
-        for dq, k in ((self.episode_returns, "episode_returns"), (self.episode_lengths, "episode_lengths"),
-                      (getattr(self, "episode_env_steps", None), "episode_env_steps")):
-            if dq is not None:
-                dq.clear()
-                dq.extend(state.get(k, []))
-        self._resume_pending = True
-
-
-class ThreadedGymCollector(GymCollector):
-    """Like :class:`GymCollector`, but collects continuously on a background thread.
-
-    ``begin_training`` resets, validates and takes the warm-up steps on the training thread (so the
-    memory holds them before the first batch), then starts the thread. Every ``param_sync_interval``
-    backprop steps ``end_cycle`` hands the thread a copy of the policy parameters
-    (``jax.tree.map(jnp.copy, params)``, waited on), so the thread never reads buffers that the next
-    compiled call donates.
-
-    ``max_env_steps_per_bp_step`` (None: no limit) throttles the thread: after the warm-up it takes at
-    most ``max_env_steps_per_bp_step * (b + 1)`` vector steps while the trainer has finished ``b``
-    backprop steps, so it cannot race arbitrarily far ahead of training (nor behind: it is a cap, not a
-    rate).
-
-    An exception on the thread (from the env, the policy or the memory) stops collection; it is re-raised
-    from the next host hook on the training thread (``begin_cycle``, ``end_cycle`` or ``end_training``),
-    so training stops with it. ``end_training`` stops and joins the thread (waiting at most
-    ``join_timeout`` seconds), closes running episodes as INTERRUPTED, and closes the env only if
-    ``close_env``.
-
-    The memory is written from the thread while the loader samples on the training thread: the table
-    must tolerate that (guard it with a lock).
-    """
-
-    def __init__(
-        self,
-        env: gymnasium.vector.VectorEnv,
-        policy: Policy,
-        memory: Any,
-        params_slot: str = "policy",
-        warmup_steps: int = 0,
-        *,
-        param_sync_interval: int = 1,
-        max_env_steps_per_bp_step: float | None = None,
-        random_warmup: bool = False,
-        seed: int = 0,
-        episode_history: int = 1000,
-        close_env: bool = False,
-        join_timeout: float = 60.0,
-        name: str = "collector",
-        order: int = 0,
-    ):
-        super().__init__(
-            env,
-            policy,
-            memory,
-            params_slot=params_slot,
-            warmup_steps=warmup_steps,
-            random_warmup=random_warmup,
-            seed=seed,
-            episode_history=episode_history,
-            close_env=close_env,
-            name=name,
-            order=order,
-        )
-        if param_sync_interval < 1:
-            raise ValueError(f"param_sync_interval must be >= 1, got {param_sync_interval}")
-        if max_env_steps_per_bp_step is not None and not (max_env_steps_per_bp_step > 0):
-            raise ValueError(f"max_env_steps_per_bp_step must be None or > 0, got {max_env_steps_per_bp_step}")
-        self.param_sync_interval = int(param_sync_interval)
-        self.max_env_steps_per_bp_step = max_env_steps_per_bp_step
-        self.join_timeout = join_timeout
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._cond = threading.Condition()
-        self._thread_params: PyTree = None
-        self._bp_done = 0
-        self._error: BaseException | None = None
-        self._error_raised = False
-        self._step_lock = threading.Lock()
-        self._fill_ready: Callable[[], bool] | None = None
-
-    # ---- thread ----------------------------------------------------------------------------------
-    def _may_step(self) -> bool:
-        if self.max_env_steps_per_bp_step is None:
-            return True
-        return self._vector_steps_in_training < self.max_env_steps_per_bp_step * (self._bp_done + 1)
-
-    def _next_step(self) -> str | None:
-        """``"fill"`` (a warm-up step past the cap, not counted against it), ``"train"``, or None (wait)."""
-        if self._fill_ready is not None:
-            if not self._fill_ready():
-                return "fill"
-            self._fill_ready = None
-        return "train" if self._may_step() else None
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                with self._cond:
-                    while not self._stop.is_set() and (kind := self._next_step()) is None:
-                        self._cond.wait(timeout=0.1)
-                    if self._stop.is_set():
-                        break
-                    params = self._thread_params
-                with self._step_lock:  # a checkpoint snapshots between two steps, never during one
-                    if kind == "fill":
-                        self._step(None if self.random_warmup else params)
-                    else:
-                        self._step(params)
-                        self._vector_steps_in_training += 1
-        except BaseException as e:  # handed to the training thread
-            self._error = e
-
-    collects_in_background = True
-
-    def fill(self, ctx: Context, ready: Callable[[], bool], max_vector_steps: int) -> int:
-        """Let the thread take warm-up steps past its cap until ``ready()``, and return at once (0).
-
-        The caller waits (:class:`~emote_jax.memory.MemoryWarmup` does, watching for a shutdown and for
-        an error of the thread); the fill steps do not count against ``max_env_steps_per_bp_step``.
-        """
-        del ctx, max_vector_steps
-        with self._cond:
-            self._fill_ready = ready
-            self._cond.notify_all()
-        return 0
-
-    def checkpoint_lock(self) -> Any:
-        """Held while a checkpoint snapshots this collector and the memory: the thread waits between steps."""
-        return self._step_lock
-
-    def _copy_params(self, ctx: Context) -> PyTree:
-        if self._host_policy is not None:  # a host policy acts on NumPy arrays: copy them to the host here
-            return jax.tree.map(lambda x: np.array(x, copy=True), self._params(ctx))  # a copy, not a view
-        return jax.block_until_ready(jax.tree.map(jnp.copy, self._params(ctx)))
-
-    def raise_if_failed(self) -> None:
-        """Re-raise (once) the error that stopped the collection thread, if any."""
-        if self._error is not None and not self._error_raised:
-            self._error_raised = True
-            raise self._error
-
-    # ---- hooks -----------------------------------------------------------------------------------
-    def begin_training(self, ctx: Context) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"{self.name}: begin_training called while the collector thread is running")
-        self._stop.clear()
-        self._error = None
-        self._error_raised = False
-        self._bp_done = 0
-        self._vector_steps_in_training = 0
-        self._fill_ready = None
-        self._start(ctx)
-        self._thread_params = self._copy_params(ctx)
-        self._thread = threading.Thread(target=self._run, name=f"{self.name}-thread", daemon=True)
-        self._thread.start()
-
-    def begin_cycle(self, ctx: Context) -> None:
-        self.raise_if_failed()
-
-    def end_cycle(self, ctx: Context) -> None:
-        self.raise_if_failed()
-        sync = (self._bp_done + 1) % self.param_sync_interval == 0
-        params = self._copy_params(ctx) if sync else None
-        with self._cond:  # the thread sees the new step budget and the new params together
-            self._bp_done += 1
-            if sync:
-                self._thread_params = params
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        """Stop and join the collection thread (idempotent)."""
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(self.join_timeout)
-            if self._thread.is_alive():
-                warnings.warn(
-                    f"{self.name}: the collector thread did not stop within {self.join_timeout} s "
-                    "(a sub-env step is hanging?); leaving it running as a daemon",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self._thread = None
-                self._started = False
-                return
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the collection thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def end_training(self, ctx: Context) -> None:
-        try:
-            self.stop()
-            if self._thread is None:  # joined: the episode bookkeeping is ours again
-                try:
-                    self._flush()
-                except Exception:
-                    if self._error is None:
-                        raise  # otherwise the thread's error is the one to report
-            self.raise_if_failed()
-        finally:
-            if self.close_env:
-                self.env.close()
+        """Restore :meth:`host_state_dict` (checked first, unchanged on error); the next ``begin_training``
+        then restarts the episodes (:func:`~emote_jax.collectors.state.load_collector_state`)."""
+        load_collector_state(self, state)
