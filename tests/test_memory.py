@@ -414,7 +414,7 @@ def test_table_errors_name_what_was_expected():
     with pytest.raises(ValueError, match=r"asked for 2 rollouts of length 1 \(2 transitions\), but the table holds only 1"):
         table.sample(2)
     table.add_transitions(**(good | {"episode_ids": [1]}))  # two 1-step episodes: no window of 2
-    with pytest.raises(ValueError, match="expected at least one window of 2 consecutive transitions .* longest stored episode stretch has 1"):
+    with pytest.raises(ValueError, match="expected at least one window of rollout_length=2 consecutive transitions .* longest stored episode stretch has 1"):
         table.sample(1, 2)
     with pytest.raises(ValueError, match="expected count to be an int >= 1, got 0"):
         table.sample(0)

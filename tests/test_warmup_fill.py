@@ -22,7 +22,6 @@ from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.context import Context
 from emote_jax.envs import HitTheMiddle
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
-from emote_jax.train import SACConfig, train_sac
 
 
 def random_policy(params, obs, key):
@@ -48,7 +47,7 @@ def htm_pieces(batch: int, warmup: int, threaded: bool = False, n_envs: int = 2)
 def test_an_in_loop_collector_fills_a_memory_that_the_warmup_left_short_of_a_batch():
     env, table, loader, collector = htm_pieces(batch=100, warmup=5)
     out = io.StringIO()
-    warmup = MemoryWarmup(loader, collector=collector, out=out)
+    warmup = MemoryWarmup(loader, collector=collector, out=out, timeout=30)  # a broken fill fails, not hangs
     ctx = ctx_with_policy()
     collector.begin_training(ctx)
     assert table.size() < 100  # 5 vector steps of 2 envs
@@ -60,17 +59,6 @@ def test_an_in_loop_collector_fills_a_memory_that_the_warmup_left_short_of_a_bat
     assert len(out.getvalue().splitlines()) == 1
     collector.end_training(ctx)
     env.close()
-
-
-def test_the_sac_recipe_trains_with_a_warmup_shorter_than_a_batch_with_either_collector(tmp_path):
-    for threaded in (False, True):
-        out = io.StringIO()
-        cfg = SACConfig(env_id="HitTheMiddle-v0", env_steps=300, hidden_dims=(8, 8), batch_size=64, warmup_steps=3,
-                        eval_episodes=1, threaded=threaded, checkpoint_interval=0, log_metrics=False,
-                        run_dir=str(tmp_path / f"t{threaded}"))
-        result = train_sac(cfg, out=out)
-        assert result["bp_steps"] > 0 and result["interrupted_by"] is None, threaded
-        assert out.getvalue().count("keeps collecting (random actions) until the loader can sample") == 1
 
 
 def test_a_fill_that_cannot_fill_the_memory_stops_with_a_message():
@@ -108,7 +96,7 @@ def test_a_wait_on_a_background_collector_reports_progress_and_its_thread_fills_
     collector = ThreadedGymCollector(env, random_policy, MemoryProxy(table), random_warmup=True,
                                      max_env_steps_per_bp_step=1.0)  # without the fill it would stop after 1 step
     out = io.StringIO()
-    warmup = MemoryWarmup(loader, collector=collector, out=out, report_interval=0.1)
+    warmup = MemoryWarmup(loader, collector=collector, out=out, report_interval=0.1, timeout=60)
     ctx = ctx_with_policy()
     collector.begin_training(ctx)
     try:

@@ -568,9 +568,10 @@ class ReplayTable:
         if valid.size == 0:
             longest = max(self._episode_rows.values(), default=0)
             raise ValueError(
-                f"{where}: expected at least one window of {t_len} consecutive transitions of one "
-                f"episode, got none: the longest stored episode stretch has {longest} transitions "
-                f"({n} transitions, {len(self._episode_rows)} episodes stored)"
+                f"{where}: expected at least one window of rollout_length={t_len} consecutive transitions "
+                f"of one episode, got none: the longest stored episode stretch has {longest} transitions "
+                f"({n} transitions, {len(self._episode_rows)} episodes stored); expected a rollout_length "
+                f"no longer than the episodes"
             )
         picked.append(valid[self._rng.integers(0, valid.size, size=need)])
         return np.concatenate(picked)
