@@ -172,3 +172,16 @@ SPLIT_MODULES = {**{m: 400 for m in ["recipes/__init__.py", "recipes/config.py",
 @pytest.mark.parametrize("module", SPLIT_MODULES)
 def test_the_new_modules_stay_small(module):
     assert len((PACKAGE / module).read_text().splitlines()) <= SPLIT_MODULES[module]
+
+
+def test_sac_hyperparameters_have_one_home():
+    import dataclasses
+
+    from emote_jax.algorithms.sac import SACHParams
+
+    hp, cfg = SACHParams(), SACConfig()
+    shared = {f.name for f in dataclasses.fields(SACHParams)} & {f.name for f in dataclasses.fields(SACConfig)}
+    assert shared == {f.name for f in dataclasses.fields(SACHParams)} - {"target_entropy"}
+    assert all(getattr(cfg, n) == getattr(hp, n) for n in shared)  # SACConfig's defaults are SACHParams'
+    assert cfg.hparams() == hp
+    assert SACConfig(gamma=0.9, hidden_dims=[8, 8]).hparams() == dataclasses.replace(hp, gamma=0.9, hidden_dims=(8, 8))

@@ -19,7 +19,9 @@ treats truncation as termination; that is a bug we do not reproduce).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import chex
@@ -264,49 +266,68 @@ class AlphaLoss(LossCallback):
         return ctx.with_slot(self.name, {**slot, "params": {"ln_alpha": ln_alpha}})
 
 
+@dataclass(frozen=True)
+class SACHParams:
+    """SAC's hyperparameters, in one place: what :func:`make_sac_callbacks` builds the callbacks from, and
+    where ``SACConfig`` (the ``emote-jax train`` settings) takes its SAC defaults from.
+
+    ``target_entropy`` None means ``-n_actions``; a callable is a schedule of the backprop step.
+    """
+
+    hidden_dims: tuple[int, ...] = (256, 256)
+    q_hidden_dims: tuple[int, ...] | None = None  # None: hidden_dims
+    lr_q: float = 3e-4
+    lr_policy: float = 3e-4
+    lr_alpha: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    reward_scale: float = 1.0
+    initial_alpha: float = 1.0
+    max_alpha: float = 0.2
+    target_entropy: float | Schedule | None = None
+    max_grad_norm: float = 10.0
+
+
 def make_sac_callbacks(
     *,
     obs_dim: int,
     n_actions: int,
     key: jax.Array,
-    hidden_dims: tuple[int, ...] = (256, 256),
-    q_hidden_dims: tuple[int, ...] | None = None,
-    lr_q: float = 3e-4,
-    lr_policy: float = 3e-4,
-    lr_alpha: float = 3e-4,
-    gamma: float = 0.99,
-    tau: float = 0.005,
-    reward_scale: float = 1.0,
-    initial_alpha: float = 1.0,
-    max_alpha: float = 0.2,
-    target_entropy: float | Schedule | None = None,
-    max_grad_norm: float = 10.0,
+    hp: SACHParams | None = None,
     obs_key: str = "obs",
     data_group: str = "default",
+    **hparams: Any,
 ) -> tuple[list[Callback], GaussianPolicy]:
     """The standard SAC callback list ``[q1, q2, policy, alpha, q_target]`` and the policy network.
 
+    Hyperparameters come from ``hp`` (default :class:`SACHParams()`), with any of its fields overridden by
+    keyword (``make_sac_callbacks(..., hidden_dims=(64, 64), gamma=0.9)``).
     Networks are the reference's (:mod:`emote_jax.networks.sac`); parameters are initialised from ``key``.
     Slot names: "q1", "q2", "policy", "alpha", "q_target".
     """
+    unknown = sorted(set(hparams) - {f.name for f in dataclasses.fields(SACHParams)})
+    if unknown:
+        raise TypeError(f"make_sac_callbacks got unexpected keyword(s) {unknown}; expected SACHParams fields "
+                        f"{[f.name for f in dataclasses.fields(SACHParams)]}, obs_key or data_group")
+    hp = dataclasses.replace(hp or SACHParams(), **hparams)
     if obs_dim < 1 or n_actions < 1:
         raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
-    q_net = QNet(tuple(q_hidden_dims or hidden_dims))
-    policy_net = GaussianPolicy(n_actions, tuple(hidden_dims))
+    q_net = QNet(tuple(hp.q_hidden_dims or hp.hidden_dims))
+    policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims))
     k1, k2, k3 = jax.random.split(key, 3)
     obs0, act0 = jnp.zeros((1, obs_dim)), jnp.zeros((1, n_actions))
     q1_params, q2_params = q_net.init(k1, obs0, act0), q_net.init(k2, obs0, act0)
     policy_params = policy_net.init(k3, obs0)
-    common = dict(obs_key=obs_key, data_group=data_group, max_grad_norm=max_grad_norm)
-    q_target = QTarget(q=q_net, policy=policy_net, gamma=gamma, tau=tau, reward_scale=reward_scale,
+    common = dict(obs_key=obs_key, data_group=data_group, max_grad_norm=hp.max_grad_norm)
+    q_target = QTarget(q=q_net, policy=policy_net, gamma=hp.gamma, tau=hp.tau, reward_scale=hp.reward_scale,
                        obs_key=obs_key, data_group=data_group)
     q_target.init_targets(q1_params, q2_params)
     callbacks: list[Callback] = [
-        QLoss(name="q1", q=q_net, params=q1_params, lr=lr_q, **common),
-        QLoss(name="q2", q=q_net, params=q2_params, lr=lr_q, **common),
-        PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=lr_policy, **common),
-        AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=initial_alpha, max_alpha=max_alpha,
-                  target_entropy=target_entropy, lr=lr_alpha, **common),
+        QLoss(name="q1", q=q_net, params=q1_params, lr=hp.lr_q, **common),
+        QLoss(name="q2", q=q_net, params=q2_params, lr=hp.lr_q, **common),
+        PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=hp.lr_policy, **common),
+        AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=hp.initial_alpha, max_alpha=hp.max_alpha,
+                  target_entropy=hp.target_entropy, lr=hp.lr_alpha, **common),
         q_target,
     ]
     return callbacks, policy_net

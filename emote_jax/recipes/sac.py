@@ -7,6 +7,7 @@ shared machinery of :mod:`emote_jax.recipes.common`; :data:`SAC` is what SAC bri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import gymnasium
 import jax
 import numpy as np
 
-from emote_jax.algorithms.sac import make_sac_callbacks
+from emote_jax.algorithms.sac import SACHParams, make_sac_callbacks
 from emote_jax.callback import Callback, HostCallback
 from emote_jax.errors import ConfigError, UnsupportedSpaceError
 from emote_jax.networks.host import GaussianHostPolicy
@@ -26,23 +27,33 @@ from emote_jax.recipes.common import Algorithm, Run, box_action
 from emote_jax.recipes.config import Check, RunConfig
 
 
+_HP = SACHParams()
+
+
 @dataclass
 class SACConfig(RunConfig):
     """Everything ``emote-jax train --algo sac`` can set. Defaults: SAC on Pendulum-v1 as the reference
     benchmarks it. The run settings are :class:`~emote_jax.recipes.config.RunConfig`'s; these are SAC's."""
 
     algo: str = "sac"
-    hidden_dims: tuple[int, ...] = (256, 256)
-    q_hidden_dims: tuple[int, ...] | None = None
-    lr_q: float = 3e-4
-    lr_policy: float = 3e-4
-    lr_alpha: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    reward_scale: float = 1.0
-    initial_alpha: float = 1.0
-    max_alpha: float = 0.2
-    max_grad_norm: float = 10.0
+    # SAC's hyperparameters, flat for the CLI and config.json; defaults and meaning: SACHParams
+    hidden_dims: tuple[int, ...] = _HP.hidden_dims
+    q_hidden_dims: tuple[int, ...] | None = _HP.q_hidden_dims
+    lr_q: float = _HP.lr_q
+    lr_policy: float = _HP.lr_policy
+    lr_alpha: float = _HP.lr_alpha
+    gamma: float = _HP.gamma
+    tau: float = _HP.tau
+    reward_scale: float = _HP.reward_scale
+    initial_alpha: float = _HP.initial_alpha
+    max_alpha: float = _HP.max_alpha
+    max_grad_norm: float = _HP.max_grad_norm
+
+    def hparams(self) -> SACHParams:
+        """The :class:`~emote_jax.algorithms.sac.SACHParams` these settings give (the rest: its defaults)."""
+        names = {f.name for f in dataclasses.fields(SACHParams)} & {f.name for f in dataclasses.fields(self)}
+        return SACHParams(**{n: tuple(getattr(self, n)) if n.endswith("hidden_dims") and getattr(self, n) is not None
+                             else getattr(self, n) for n in names})
 
     def algo_checks(self) -> list[Check]:
         return [
@@ -101,12 +112,7 @@ def check_spaces(env: gymnasium.vector.VectorEnv, env_id: str | None = None) -> 
 
 def make_callbacks(cfg: SACConfig, obs_dim: int, n_actions: int, key: jax.Array) -> tuple[list[Callback], GaussianPolicy]:
     """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg``."""
-    return make_sac_callbacks(
-        obs_dim=obs_dim, n_actions=n_actions, key=key, hidden_dims=cfg.hidden_dims,
-        q_hidden_dims=cfg.q_hidden_dims, lr_q=cfg.lr_q, lr_policy=cfg.lr_policy, lr_alpha=cfg.lr_alpha,
-        gamma=cfg.gamma, tau=cfg.tau, reward_scale=cfg.reward_scale, initial_alpha=cfg.initial_alpha,
-        max_alpha=cfg.max_alpha, max_grad_norm=cfg.max_grad_norm,
-    )
+    return make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=key, hp=cfg.hparams())
 
 
 def make_net(cfg: SACConfig, obs_dim: int, n_actions: int) -> GaussianPolicy:
