@@ -40,7 +40,6 @@ from typing import Any
 
 import gymnasium
 import jax
-import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
@@ -50,6 +49,7 @@ from emote_jax.context import Context, PyTree
 from emote_jax.faults import shutdown_requested
 from emote_jax.memory import AgentObservation, EpisodeState
 from emote_jax.collectors.acting import checked_actions, env_actions, observation_shape_error
+from emote_jax.collectors.episodes import EpisodeBook
 from emote_jax.collectors.spaces import (
     OBS_KEY,
     NonFiniteObservationError,
@@ -182,6 +182,7 @@ class GymCollector(HostCallback):
         self._vector_steps_in_training = 0
         self._started = False
         self._resume_pending = False  # set by load_host_state_dict: begin_training restarts episodes
+        self._book = EpisodeBook.empty(self.num_envs)  # replaced on every reset (next_agent carries over)
 
     # ---- observation plumbing --------------------------------------------------------------------
     def _batch_to_dict(self, obs: Any) -> dict[str, np.ndarray]:
@@ -212,14 +213,6 @@ class GymCollector(HostCallback):
         return self._rng.uniform(-1.0, 1.0, size=(self.num_envs, *self._action_shape)).astype(np.float32)
 
     # ---- episodes --------------------------------------------------------------------------------
-    def _start_agent(self, i: int, obs: dict[str, np.ndarray]) -> None:
-        agent = self._next_agent
-        self._next_agent += 1
-        self._agents[i] = agent
-        self._pending[i] = AgentObservation(EpisodeState.INITIAL, obs, None)
-        self._ep_return[i] = 0.0
-        self._ep_len[i] = 0
-
     def _row(self, obs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
         return {k: v[i].copy() for k, v in obs.items()}
 
@@ -227,26 +220,22 @@ class GymCollector(HostCallback):
         obs, _ = self.env.reset(seed=self.seed if seed is None else seed)
         self._obs = self._batch_to_dict(obs)
         check_finite(self._obs, self.vector_steps, "reset")
-        self._agents: list[int | None] = [None] * self.num_envs
-        self._pending: list[AgentObservation | None] = [None] * self.num_envs
-        self._ep_return = np.zeros(self.num_envs, np.float64)
-        self._ep_len = np.zeros(self.num_envs, np.int64)
-        if not hasattr(self, "_next_agent"):
-            self._next_agent = 0
+        self._book = EpisodeBook.empty(self.num_envs, self._book.next_agent)
         for i in range(self.num_envs):
-            self._start_agent(i, self._row(self._obs, i))
+            self._book.start(i, self._row(self._obs, i))
 
     def _step(self, params: PyTree | None) -> None:
         """One vector step; ``params=None`` takes uniform random actions."""
         actions = self._random_actions() if params is None else self._policy_actions(params)
-        live = [i for i in range(self.num_envs) if self._agents[i] is not None]
+        book = self._book
+        live = [i for i in range(self.num_envs) if book.agents[i] is not None]
         if live:
             self.memory.add(
-                {self._agents[i]: self._pending[i] for i in live},
-                {self._agents[i]: actions[i] for i in live},
+                {book.agents[i]: book.pending[i] for i in live},
+                {book.agents[i]: actions[i] for i in live},
             )
             for i in live:  # consumed: the memory now waits for the reward of actions[i]
-                self._pending[i] = None
+                book.pending[i] = None
         next_obs, rewards, terminated, truncated, info = self.env.step(env_actions(actions, self.action_space))
         self.vector_steps += 1
         next_obs = self._batch_to_dict(next_obs)
@@ -263,16 +252,16 @@ class GymCollector(HostCallback):
         closes: dict[int, AgentObservation] = {}
         to_reset = np.zeros(self.num_envs, dtype=bool)
         for i in range(self.num_envs):
-            agent = self._agents[i]
+            agent = book.agents[i]
             if agent is None:  # NEXT_STEP: this step was the reset of sub-env i, not a transition
-                self._start_agent(i, self._row(next_obs, i))
+                book.start(i, self._row(next_obs, i))
                 continue
             reward = float(rewards[i])
             self.env_steps += 1
-            self._ep_return[i] += reward
-            self._ep_len[i] += 1
+            book.ep_return[i] += reward
+            book.ep_len[i] += 1
             if not (terminated[i] or truncated[i]):
-                self._pending[i] = AgentObservation(EpisodeState.RUNNING, self._row(next_obs, i), reward)
+                book.pending[i] = AgentObservation(EpisodeState.RUNNING, self._row(next_obs, i), reward)
                 continue
             if self.autoreset_mode == AutoresetMode.SAME_STEP:
                 if "final_obs" not in info or not info.get("_final_obs", np.ones(self.num_envs, bool))[i]:
@@ -286,14 +275,13 @@ class GymCollector(HostCallback):
                 final = self._row(next_obs, i)
             state = EpisodeState.TERMINAL if terminated[i] else EpisodeState.INTERRUPTED
             closes[agent] = AgentObservation(state, final, reward)
-            self.episode_returns.append(float(self._ep_return[i]))
-            self.episode_lengths.append(int(self._ep_len[i]))
+            self.episode_returns.append(float(book.ep_return[i]))
+            self.episode_lengths.append(int(book.ep_len[i]))
             self.episode_env_steps.append(self.env_steps)
             self.episodes_completed += 1
-            self._agents[i] = None
-            self._pending[i] = None
+            book.end(i)
             if self.autoreset_mode == AutoresetMode.SAME_STEP:
-                self._start_agent(i, self._row(next_obs, i))
+                book.start(i, self._row(next_obs, i))
             elif self.autoreset_mode == AutoresetMode.DISABLED:
                 to_reset[i] = True
         if closes:
@@ -305,7 +293,7 @@ class GymCollector(HostCallback):
             for i in np.flatnonzero(to_reset):
                 for k in next_obs:
                     next_obs[k][i] = reset_obs[k][i]
-                self._start_agent(int(i), self._row(reset_obs, int(i)))
+                book.start(int(i), self._row(reset_obs, int(i)))
         self._obs = next_obs
 
     def _flush(self) -> None:
@@ -318,15 +306,7 @@ class GymCollector(HostCallback):
         if not self._started:
             return
         self._started = False
-        closes, dangling = {}, []
-        for i in range(self.num_envs):
-            agent, p = self._agents[i], self._pending[i]
-            if agent is not None and p is None:
-                dangling.append(agent)
-            elif agent is not None and p.episode_state == EpisodeState.RUNNING:
-                closes[agent] = AgentObservation(EpisodeState.INTERRUPTED, p.array_data, p.reward)
-            self._agents[i] = None
-            self._pending[i] = None
+        closes, dangling = self._book.close_all()
         if closes:
             self.memory.add(closes, {})
         if dangling and hasattr(self.memory, "interrupt"):

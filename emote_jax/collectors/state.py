@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emote_jax.collectors.episodes import EpisodeBook
 from emote_jax.memory import AgentObservation, EpisodeState
 
 
@@ -31,12 +32,12 @@ def collector_state(self: Any) -> dict[str, Any]:
     every sub-env (agent ids, the pending observation and reward, running return and length), the
     memory proxy's running episodes and the recent episode statistics. Not the env's own state.
     """
+    book = self._book
     pending = [
         None if p is None else {"state": int(p.episode_state), "reward": p.reward,
                                 "observation": {k: v.copy() for k, v in p.array_data.items()}}
-        for p in getattr(self, "_pending", [None] * self.num_envs)
+        for p in book.pending
     ]
-    agents = getattr(self, "_agents", [None] * self.num_envs)
     return {
         "version": 1,
         "num_envs": self.num_envs,
@@ -46,12 +47,12 @@ def collector_state(self: Any) -> dict[str, Any]:
         "counters": {"env_steps": self.env_steps, "vector_steps": self.vector_steps,
                      "episodes_completed": self.episodes_completed, "cycles": self._cycles,
                      "vector_steps_in_training": self._vector_steps_in_training,
-                     "next_agent": getattr(self, "_next_agent", 0)},
+                     "next_agent": book.next_agent},
         "started": self._started,
-        "agents": [None if a is None else int(a) for a in agents],
+        "agents": [None if a is None else int(a) for a in book.agents],
         "pending": pending,
-        "ep_return": np.asarray(getattr(self, "_ep_return", np.zeros(self.num_envs)), np.float64),
-        "ep_len": np.asarray(getattr(self, "_ep_len", np.zeros(self.num_envs)), np.int64),
+        "ep_return": np.asarray(book.ep_return, np.float64),
+        "ep_len": np.asarray(book.ep_len, np.int64),
         "episode_returns": list(self.episode_returns),
         "episode_lengths": list(self.episode_lengths),
         "episode_env_steps": list(getattr(self, "episode_env_steps", [])),
@@ -98,9 +99,9 @@ def load_collector_state(self: Any, state: Mapping[str, Any]) -> None:
     self._rng, self._key = rng, key
     self.env_steps, self.vector_steps = c["env_steps"], c["vector_steps"]
     self.episodes_completed, self._cycles = c["episodes_completed"], c["cycles"]
-    self._vector_steps_in_training, self._next_agent = c["vector_steps_in_training"], c["next_agent"]
+    self._vector_steps_in_training = c["vector_steps_in_training"]
     self._started = bool(state["started"])
-    self._agents, self._pending, self._ep_return, self._ep_len = agents, pending, ep_return, ep_len
+    self._book = EpisodeBook(agents, pending, ep_return, ep_len, c["next_agent"])
     for dq, k in ((self.episode_returns, "episode_returns"), (self.episode_lengths, "episode_lengths"),
                   (getattr(self, "episode_env_steps", None), "episode_env_steps")):
         if dq is not None:
