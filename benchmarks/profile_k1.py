@@ -150,7 +150,7 @@ def instrument(pkg: types.ModuleType, run: Any, timer: Timer, skip: int) -> None
         timer.calls += 1
         if timer.calls > skip:
             timer.active = True
-            stamps.append((time.perf_counter(), time.thread_time()))
+            stamps.append((time.perf_counter(), time.thread_time(), time.process_time()))
         if not timer.active:
             return compiled(*args)
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -216,6 +216,7 @@ def sac_profile(pkg: types.ModuleType, env_id: str, steps: int, warmup: int, ski
     stamps = timer.stamps
     n = len(stamps) - 1  # steady calls between the first and the last stamp
     wall, cpu = stamps[-1][0] - stamps[0][0], stamps[-1][1] - stamps[0][1]
+    proc = stamps[-1][2] - stamps[0][2]
     scale = 1e6 / n
     # totals were taken over len(stamps) calls (the first stamped call to the end): per call
     per_wall = {k: v * 1e6 / len(stamps) for k, v in timer.wall.items()}
@@ -225,7 +226,45 @@ def sac_profile(pkg: types.ModuleType, env_id: str, steps: int, warmup: int, ski
     per_cpu["loop"] = cpu * scale - sum(per_cpu[k] for k in top)
     per_wall["(of all: gc)"] = timer.gc_s * 1e6 / len(stamps)
     return {"env_steps_per_s": n / wall, "step_us": wall * scale, "step_cpu_us": cpu * scale,
+            "process_cpu_us": proc * scale,
             "wall_us": per_wall, "cpu_us": per_cpu}
+
+
+# ---- sbx, for reference ------------------------------------------------------------------------------
+PEERS_SITE = HERE / ".peers-venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def sbx_run(env_id: str, steps: int, warmup: int, skip: int, seed: int = 0) -> dict[str, Any]:
+    """sbx-rl's SAC at K = 1 (``peers_side.make_model``: the same settings as benchmarks/run.py's peers
+    suites), in this process: sbx and stable-baselines3 are imported from benchmarks/.peers-venv (made by
+    ``benchmarks/run.py``; the same jax, flax, optax and numpy versions as .venv, which this process
+    uses). Env steps/s and process CPU over the env steps after ``warmup + skip``, stamped every 100."""
+    if str(PEERS_SITE) not in sys.path:
+        if not PEERS_SITE.is_dir():
+            raise SystemExit(f"--sbx needs {PEERS_SITE} (benchmarks/run.py creates it for the peers suites)")
+        sys.path.append(str(PEERS_SITE))  # after .venv's packages: its jax/flax/optax/numpy are ours
+    import peers_side
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Stamps(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stamps: list[tuple[int, float, float]] = []
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % 100 == 0:
+                self.stamps.append((self.num_timesteps, time.perf_counter(), time.process_time()))
+            return True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peers_side.make_model("sbx", env_id, k=1, warmup_steps=warmup, seed=seed)
+        cb = Stamps()
+        model.learn(total_timesteps=warmup + steps, callback=cb)
+        model.env.close()
+    stamps = [st for st in cb.stamps if st[0] >= warmup + skip]
+    (n0, t0, c0), (n1, t1, c1) = stamps[0], stamps[-1]
+    return {"env_steps_per_s": (n1 - n0) / (t1 - t0), "process_cpu_us": (c1 - c0) / (n1 - n0) * 1e6}
 
 
 # ---- update only -----------------------------------------------------------------------------------
@@ -305,8 +344,9 @@ def report(results: dict[tuple, list[dict]], variants: list[str]) -> str:
         lines.append(f"| **whole step** | {steps} |")
         for v, rs in meds.items():
             sps = [r["env_steps_per_s"] for r in rs]
+            proc = np.median([r["process_cpu_us"] for r in rs])
             lines.append(f"\n{v}: {np.median(sps):.1f} env steps/s (median of {len(sps)}; "
-                         f"{', '.join(f'{s:.1f}' for s in sps)})")
+                         f"{', '.join(f'{s:.1f}' for s in sps)}); process CPU (all threads) {proc:.0f} us per step")
         if len(meds) == 2:
             a, b = (np.median([r["env_steps_per_s"] for r in meds[v]]) for v in variants)
             pairs = [rb["env_steps_per_s"] / ra["env_steps_per_s"] for ra, rb in zip(*meds.values())]
@@ -326,6 +366,8 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="git revision to compare against, alternating")
     ap.add_argument("--update-only", action="store_true", help="also time the update alone against the chain")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
+    ap.add_argument("--sbx", action="store_true",
+                    help="also run sbx-rl's SAC in this process (from benchmarks/.peers-venv), alternating")
     ap.add_argument("--json", default=None, help="write the raw results here")
     args = ap.parse_args()
 
@@ -336,17 +378,29 @@ def main() -> None:
     logs = {"on": [True], "off": [False], "both": [False, True]}[args.log]
     print(f"load average at start: {os.getloadavg()}", flush=True)
     results: dict[tuple, list[dict]] = defaultdict(list)
+    sbx: dict[str, list[float]] = defaultdict(list)
     for rep in range(0 if args.no_e2e else args.reps):
         for env_id in args.env:
-            for log in logs:
-                order = names if rep % 2 == 0 else names[::-1]
-                for v in order:
-                    r = sac_profile(variants[v], env_id, args.steps, args.warmup, args.skip, log, seed=rep)
-                    results[(env_id, log, v)].append(r)
-                    print(f"rep {rep} {env_id} log={log} {v}: {r['env_steps_per_s']:.1f} env steps/s",
-                          flush=True)
+            runs = [(v, log) for log in logs for v in names] + ([("sbx", False)] if args.sbx else [])
+            for v, log in (runs if rep % 2 == 0 else runs[::-1]):  # alternate, so that load hits all alike
+                if v == "sbx":
+                    r = sbx_run(env_id, args.steps, args.warmup, args.skip, seed=rep)
+                    sbx[env_id].append(r["env_steps_per_s"])
+                    print(f"rep {rep} {env_id} sbx: {r['env_steps_per_s']:.1f} env steps/s, process CPU "
+                          f"{r['process_cpu_us']:.0f} us per step", flush=True)
+                    continue
+                r = sac_profile(variants[v], env_id, args.steps, args.warmup, args.skip, log, seed=rep)
+                results[(env_id, log, v)].append(r)
+                print(f"rep {rep} {env_id} log={log} {v}: {r['env_steps_per_s']:.1f} env steps/s, process CPU "
+                      f"{r['process_cpu_us']:.0f} us per step", flush=True)
     if results:
         print(report(results, names))
+    for env_id, rates in sbx.items():
+        ours = {f"{v} log={lg}": np.median([r["env_steps_per_s"] for r in results[(env_id, lg, v)]])
+                for v in names for lg in logs}
+        print(f"\nsbx-rl {env_id}: {np.median(rates):.1f} env steps/s (median of {len(rates)}: "
+              f"{', '.join(f'{x:.1f}' for x in rates)}); " +
+              ", ".join(f"{k} {o / np.median(rates):.2f}x" for k, o in ours.items()))
     upd: dict[str, dict[str, list[float]]] = {}
     if args.update_only:
         for env_id in args.env:
@@ -367,7 +421,8 @@ def main() -> None:
     print(f"\nload average at end: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"runs": {f"{e}|{lg}|{v}": rs for (e, lg, v), rs in results.items()}, "update_only": upd}, indent=1))
+            {"runs": {f"{e}|{lg}|{v}": rs for (e, lg, v), rs in results.items()}, "update_only": upd, "sbx": sbx},
+            indent=1))
 
 
 if __name__ == "__main__":
