@@ -139,7 +139,7 @@ class MemoryWarmup(HostCallback):
                 have, need = self._have_need()
                 raise TimeoutError(
                     f"{self.name}: the memory was not ready after {waited:.2f} s (timeout={self._timeout}): "
-                    f"expected {need}, got {have}. Is a collector filling it in the background?"
+                    f"expected {need}, got {have} transitions. Is a collector filling it in the background?"
                 )
             if now - last_report >= self._report_interval:
                 last_report = now
