@@ -126,7 +126,7 @@ def test_a_bad_export_raises_an_error_naming_the_problem_and_leaves_the_table_un
         "crc": "column 'actions': CRC-32 mismatch",
         "object": "column 'rewards' is not a readable .npy array",
         "capacity": "expected a table of capacity 40, got one of capacity 41",
-        "version": "memory format version 2 is not supported",
+        "version": "memory format version 99 is not supported",
     }[problem]
     rewards = np.load(path / manifest["columns"]["rewards"]["file"])
     if problem == "missing_file":
@@ -149,7 +149,7 @@ def test_a_bad_export_raises_an_error_naming_the_problem_and_leaves_the_table_un
     elif problem == "capacity":
         manifest["capacity"] = 41
     elif problem == "version":
-        manifest["format_version"] = 2
+        manifest["format_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MemoryFormatError) as err:
         import_memory(target, path)

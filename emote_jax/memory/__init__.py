@@ -13,6 +13,7 @@ from emote_jax.memory.export import (
 )
 from emote_jax.memory.loader import MemoryLoader, MemoryNotReadyError
 from emote_jax.memory.proxy import CompletedEpisode, MemoryProxy
+from emote_jax.memory.samplers import CoverageSampler, PrioritizedSampler, Sampler, UniformSampler, make_sampler
 from emote_jax.memory.table import ReplayTable
 from emote_jax.memory.types import AgentId, AgentObservation, EpisodeState
 from emote_jax.memory.warmup import MemoryWarmup
@@ -21,6 +22,7 @@ __all__ = [
     "AgentId",
     "AgentObservation",
     "CompletedEpisode",
+    "CoverageSampler",
     "EpisodeState",
     "MemoryExporter",
     "MemoryFormatError",
@@ -29,7 +31,11 @@ __all__ = [
     "MemoryNotReadyError",
     "MemoryProxy",
     "MemoryWarmup",
+    "PrioritizedSampler",
     "ReplayTable",
+    "Sampler",
+    "UniformSampler",
     "export_memory",
     "import_memory",
+    "make_sampler",
 ]

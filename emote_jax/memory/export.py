@@ -37,7 +37,10 @@ from emote_jax.memory.table import ReplayTable
 
 MEMORY_FORMAT = "emote_jax.memory"
 MEMORY_FORMAT_VERSION = 1
-SUPPORTED_MEMORY_FORMAT_VERSIONS = (1,)
+#: Version 2 adds a ``sampler`` section (a prioritized or coverage sampler's state); an export without one
+#: (a uniform table's) is still written as version 1, so that older readers keep reading it.
+SAMPLER_FORMAT_VERSION = 2
+SUPPORTED_MEMORY_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 #: dtype kinds an exported column may have (bool, signed/unsigned ints, floats): never objects.
 _ARRAY_KINDS = "biuf"
@@ -72,14 +75,12 @@ def write_table_state(state: Mapping[str, Any], directory: str | os.PathLike) ->
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    columns = {}
-    for i, (name, arr) in enumerate(state["columns"].items()):
-        fname = _file_name(i, name)
-        np.save(directory / fname, arr, allow_pickle=False)
-        columns[name] = {"file": fname, "dtype": arr.dtype.str, "shape": list(arr.shape), "crc32": _crc32(arr)}
+    columns = _write_arrays(directory, state["columns"], "")
+    sampler = state.get("sampler")
+    with_sampler = sampler is not None and sampler["kind"] != "uniform"
     manifest = {
         "format": MEMORY_FORMAT,
-        "format_version": MEMORY_FORMAT_VERSION,
+        "format_version": SAMPLER_FORMAT_VERSION if with_sampler else MEMORY_FORMAT_VERSION,
         "package_version": _package_version(),
         "capacity": int(state["capacity"]),
         "size": int(state["size"]),
@@ -94,7 +95,20 @@ def write_table_state(state: Mapping[str, Any], directory: str | os.PathLike) ->
         "rng_state": state["rng_state"],
         "columns": columns,
     }
+    if with_sampler:
+        manifest["sampler"] = {"kind": sampler["kind"], "scalars": sampler["scalars"],
+                               "arrays": _write_arrays(directory, sampler["arrays"], "sampler_")}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _write_arrays(directory: Path, arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    """Save each array as ``<prefix><i>_<name>.npy``; their manifest entries."""
+    entries = {}
+    for i, (name, arr) in enumerate(arrays.items()):
+        fname = prefix + _file_name(i, name)
+        np.save(directory / fname, arr, allow_pickle=False)
+        entries[name] = {"file": fname, "dtype": arr.dtype.str, "shape": list(arr.shape), "crc32": _crc32(arr)}
+    return entries
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -136,30 +150,41 @@ def read_table_state(directory: str | os.PathLike) -> dict[str, Any]:
                      action_dtype=np.dtype(m["action_dtype"]), tips=np.asarray(m["tips"], np.int64).reshape(-1, 2))
     except (KeyError, TypeError, ValueError) as e:
         raise MemoryFormatError(f"{directory / MANIFEST}: malformed manifest ({type(e).__name__}: {e})") from None
+    state["columns"] = _read_arrays(directory, entries, "column")
+    if "sampler" in m:
+        try:
+            kind, scalars, arrays = m["sampler"]["kind"], dict(m["sampler"]["scalars"]), dict(m["sampler"]["arrays"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise MemoryFormatError(f"{directory / MANIFEST}: malformed sampler section ({type(e).__name__}: {e})") from None
+        state["sampler"] = {"kind": kind, "scalars": scalars, "arrays": _read_arrays(directory, arrays, "sampler array")}
+    return state
+
+
+def _read_arrays(directory: Path, entries: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
+    """The arrays of manifest ``entries`` (``{name: {file, dtype, shape, crc32}}``), each checked."""
     columns = {}
     for name, entry in entries.items():
         try:
             fname, dtype, shape, crc = entry["file"], np.dtype(entry["dtype"]), tuple(entry["shape"]), entry["crc32"]
         except (KeyError, TypeError) as e:
-            raise MemoryFormatError(f"{directory}: column {name!r}: malformed manifest entry ({e})") from None
+            raise MemoryFormatError(f"{directory}: {what} {name!r}: malformed manifest entry ({e})") from None
         if dtype.kind not in _ARRAY_KINDS or os.sep in fname or fname.startswith("."):
-            raise MemoryFormatError(f"{directory}: column {name!r}: refusing dtype {dtype} / file name {fname!r}")
+            raise MemoryFormatError(f"{directory}: {what} {name!r}: refusing dtype {dtype} / file name {fname!r}")
         path = directory / fname
         if not path.is_file():
-            raise MemoryFormatError(f"{directory}: column {name!r}: its file {fname} is missing")
+            raise MemoryFormatError(f"{directory}: {what} {name!r}: its file {fname} is missing")
         try:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise MemoryFormatError(f"{path}: column {name!r} is not a readable .npy array ({e})") from None
+            raise MemoryFormatError(f"{path}: {what} {name!r} is not a readable .npy array ({e})") from None
         if arr.dtype != dtype:
-            raise MemoryFormatError(f"{path}: column {name!r}: the manifest says dtype {dtype}, the file holds {arr.dtype}")
+            raise MemoryFormatError(f"{path}: {what} {name!r}: the manifest says dtype {dtype}, the file holds {arr.dtype}")
         if arr.shape != shape:
-            raise MemoryFormatError(f"{path}: column {name!r}: the manifest says shape {shape}, the file holds {arr.shape}")
+            raise MemoryFormatError(f"{path}: {what} {name!r}: the manifest says shape {shape}, the file holds {arr.shape}")
         if _crc32(arr) != crc:
-            raise MemoryFormatError(f"{path}: column {name!r}: CRC-32 mismatch, the file is corrupted")
+            raise MemoryFormatError(f"{path}: {what} {name!r}: CRC-32 mismatch, the file is corrupted")
         columns[name] = arr
-    state["columns"] = columns
-    return state
+    return columns
 
 
 def export_memory(table: ReplayTable, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:

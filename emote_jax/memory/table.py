@@ -22,9 +22,10 @@ steps keeps the rest (windows that would start in the ejected prefix no longer e
 episode whose latest row is overwritten continues unharmed: its next step starts a new linked stretch.
 Since ``next_row`` only ever points at newer rows, a live row never points at an ejected one.
 
-Sampling is uniform over all valid rollout windows (``T`` consecutive transitions of one episode),
-with replacement, by rejection: rows are drawn uniformly from the live rows and kept if ``T - 1``
-``next_row`` hops exist; after a few rounds with too few hits it falls back to enumerating all windows.
+Sampling draws rollout windows (``T`` consecutive transitions of one episode) with replacement, as its
+:class:`~emote_jax.memory.samplers.Sampler` says: uniform over all valid windows by default (rows drawn
+uniformly from the live rows, kept if ``T - 1`` ``next_row`` hops exist; after a few rounds with too few
+hits all windows are enumerated), or prioritized, or coverage-based (docs/decisions/0009).
 """
 
 from __future__ import annotations
@@ -36,11 +37,8 @@ from typing import Any
 import numpy as np
 
 from emote_jax.memory import _checks
-
-ObservationSpec = Mapping[str, tuple[tuple[int, ...], Any]]
-
-#: Rounds of rejection sampling before falling back to enumerating every valid window.
-_REJECTION_ROUNDS = 4
+from emote_jax.memory._state import ObservationSpec, copy_json, normalise_shape, normalise_spec, rng_from_state
+from emote_jax.memory.samplers import LiveRows, PrioritizedSampler, Sampler, UniformSampler
 
 
 class ReplayTable:
@@ -52,6 +50,8 @@ class ReplayTable:
         action_shape: shape of one unbatched action, e.g. ``(2,)`` (``()`` for a scalar action).
         action_dtype: dtype of the action column.
         seed: seed of the sampling RNG (``None`` for a fresh, nondeterministic one).
+        sampler: how windows are drawn (:mod:`emote_jax.memory.samplers`); default
+            :class:`~emote_jax.memory.samplers.UniformSampler`. A sampler instance serves one table.
 
     Writers normally go through :class:`~emote_jax.memory.proxy.MemoryProxy`; the low-level write is
     :meth:`add_transitions`. A :class:`threading.Lock` guards every write and every sample, so a
@@ -65,11 +65,12 @@ class ReplayTable:
         action_shape: tuple[int, ...],
         action_dtype: Any = np.float32,
         seed: int | None = 0,
+        sampler: Sampler | None = None,
     ):
         where = "ReplayTable"
         self._capacity = _checks.positive_int(capacity, "capacity", where)
-        self._obs_spec = _normalise_spec(observation_spec, where)
-        self._action_shape = _normalise_shape(action_shape, "action_shape", where)
+        self._obs_spec = normalise_spec(observation_spec, where)
+        self._action_shape = normalise_shape(action_shape, "action_shape", where)
         self._action_dtype = np.dtype(action_dtype)
         c = self._capacity
 
@@ -91,6 +92,11 @@ class ReplayTable:
         self._next_episode_id = 0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
+        self._sampler: Sampler = UniformSampler() if sampler is None else sampler
+        if not isinstance(self._sampler, Sampler):
+            raise TypeError(f"{where}: expected sampler to be a Sampler (emote_jax.memory.samplers), "
+                            f"got {type(sampler).__name__}")
+        self._sampler.bind(c)
 
     # ---- description -----------------------------------------------------------------------------
     @property
@@ -117,6 +123,11 @@ class ReplayTable:
 
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampling strategy (its methods are called under the table's lock)."""
+        return self._sampler
 
     def full(self) -> bool:
         """Whether the ring is full, so that every further write ejects the oldest transitions."""
@@ -253,7 +264,10 @@ class ReplayTable:
                 self._episode_rows[eid] = self._episode_rows.get(eid, 0) + 1
             self._head = int((head + n) % self._capacity)
             self._size = min(self._size + n, self._capacity)
-        return np.asarray(row_list, np.int64)
+            written = np.asarray(row_list, np.int64)
+            if self._sampler.tracks_rows:
+                self._sampler.rows_written(written, eids)
+        return written
 
     def truncate_episode(self, episode_id: int) -> bool:
         """Mark the latest stored step of a running episode as the end of a truncated episode.
@@ -271,8 +285,8 @@ class ReplayTable:
 
     # ---- reading ---------------------------------------------------------------------------------
     def sample(self, count: int, rollout_length: int = 1, *, num_batches: int | None = None) -> dict[str, Any]:
-        """Sample ``count`` rollout windows of ``T = rollout_length`` transitions, uniformly over all
-        valid windows (T consecutive transitions of one episode), with replacement.
+        """Sample ``count`` rollout windows of ``T = rollout_length`` transitions (T consecutive transitions
+        of one episode), with replacement, as the table's sampler draws them (uniformly by default).
 
         Returns fresh arrays (never views of the table), rollout-major (rollout i is rows i*T..i*T+T-1)::
 
@@ -283,6 +297,9 @@ class ReplayTable:
             masks             (count, 1) float32   0.0 iff the window ends an episode that TERMINATED
             terminated        (count, 1) float32   1 - masks
             truncated         (count, 1) float32   1.0 iff the window ends a truncated episode
+            weights           (count,) float32     importance weights (only with a sampler that has them,
+                                                   e.g. PrioritizedSampler)
+            indices           (count,) int32       the window's start row, for update_priorities (idem)
 
         With ``num_batches=K`` it draws K independent batches in one gather and every array gets a
         leading axis K, e.g. ``actions`` (K, count*T, *action_shape), ``masks`` (K, count, 1).
@@ -301,7 +318,7 @@ class ReplayTable:
                     f"{where}: asked for {count} rollouts of length {t_len} ({count * t_len} "
                     f"transitions), but the table holds only {n} transitions"
                 )
-            starts = self._draw_starts(k * count, t_len, n, where)
+            starts, weights = self._sampler.draw(self._rng, count, k, t_len, self, where)
             if t_len == 1:
                 flat = last = starts
             else:
@@ -318,13 +335,35 @@ class ReplayTable:
                 "terminated": terminated,
                 "truncated": self._truncated.take(last).astype(np.float32).reshape(-1, 1),
             }
+            if weights is not None:
+                out.update(weights=weights, indices=starts.astype(np.int32))
         return out if num_batches is None else _split_leading(out, k)
+
+    def update_priorities(self, indices: Any, td_errors: Any) -> None:
+        """Set the priorities of rows ``indices`` (N,) from ``td_errors`` (N,) (a prioritized sampler's
+        ``|td| + eps``). ``indices`` are the ``indices`` of a sample; a row overwritten since then gets the
+        priority meant for the transition it held (docs/decisions/0009). Raises TypeError if the sampler
+        has no priorities, ValueError on shapes, rows outside the live rows or non-finite TD errors."""
+        where = "ReplayTable.update_priorities"
+        if not isinstance(self._sampler, PrioritizedSampler):
+            raise TypeError(f"{where}: expected a table with a PrioritizedSampler, got {type(self._sampler).__name__}")
+        rows = np.asarray(indices).reshape(-1)
+        td = np.asarray(td_errors, np.float64).reshape(-1)
+        if rows.dtype.kind not in "iu" or rows.shape != td.shape:
+            raise ValueError(f"{where}: expected integer indices and td_errors of one shape (N,), got "
+                             f"{rows.dtype} {np.shape(indices)} and {np.shape(td_errors)}")
+        _checks.finite(td, "td_errors", where)
+        with self._lock:
+            if rows.size and (rows.min() < 0 or rows.max() >= self._size):
+                raise ValueError(f"{where}: expected indices of live rows in [0, {self._size}), "
+                                 f"got {int(rows.min())}..{int(rows.max())}")
+            self._sampler.update(rows.astype(np.int64), td)
 
     def num_windows(self, rollout_length: int = 1) -> int:
         """The exact number of valid rollout windows of length T (O(size * T))."""
         t_len = _checks.positive_int(rollout_length, "rollout_length", "ReplayTable.num_windows")
         with self._lock:
-            return int(np.count_nonzero(self._window_ok(np.arange(self._size), t_len)))
+            return int(np.count_nonzero(self.window_ok(np.arange(self._size), t_len)))
 
     def get_episode(self, episode_id: int) -> dict[str, Any]:
         """The live part of one episode, rebuilt from its rows (fresh arrays).
@@ -393,6 +432,7 @@ class ReplayTable:
             columns            {name: (size, *row_shape)} for every name of :meth:`column_spec` (live rows only)
             tips               (M, 2) int64: (episode id, latest row) of each running episode
             rng_state          the sampler's ``bit_generator.state`` (a JSON-serialisable dict)
+            sampler            the sampler's ``state_dict`` ({"kind", "scalars", "arrays"})
         """
         with self._lock:
             n = self._size
@@ -406,7 +446,8 @@ class ReplayTable:
                 "action_dtype": self._action_dtype,
                 "columns": {name: col[:n].copy() for name, col in self._columns().items()},
                 "tips": np.array(sorted(self._tips.items()), np.int64).reshape(-1, 2),
-                "rng_state": _copy_json(self._rng.bit_generator.state),
+                "rng_state": copy_json(self._rng.bit_generator.state),
+                "sampler": self._sampler.state_dict(n),
             }
 
     def load_state_dict(
@@ -421,8 +462,8 @@ class ReplayTable:
         try:
             capacity, size, head, next_eid = (int(state[k]) for k in ("capacity", "size", "head", "next_episode_id"))
             columns, tips, rng_state = state["columns"], np.asarray(state["tips"]), state["rng_state"]
-            obs_spec = _normalise_spec(state["observation_spec"], where)
-            action_shape = _normalise_shape(state["action_shape"], "action_shape", where)
+            obs_spec = normalise_spec(state["observation_spec"], where)
+            action_shape = normalise_shape(state["action_shape"], "action_shape", where)
             action_dtype = np.dtype(state["action_dtype"])
         except KeyError as e:
             raise ValueError(f"{where}: expected a table state with the entry {e.args[0]!r}, it is missing") from None
@@ -473,8 +514,9 @@ class ReplayTable:
                 raise ValueError(f"{where}: tip of episode {eid} at row {row} is not the open end of that episode")
         if len(tip_map) != len(tips):
             raise ValueError(f"{where}: expected one tip per running episode, got duplicate episode ids")
-        rng = _rng_from_state(rng_state, where)
+        rng = rng_from_state(rng_state, where)
         ids, counts = np.unique(eps, return_counts=True)
+        apply_sampler = self._sampler.load_state_dict(state.get("sampler"), LiveRows(size, head, eps), where)
         if check_only:
             return
 
@@ -486,10 +528,13 @@ class ReplayTable:
             self._tips = tip_map
             self._episode_rows = dict(zip(ids.tolist(), counts.tolist()))
             self._rng = rng
+            apply_sampler()
 
     # ---- internals (called with the lock held) ---------------------------------------------------
     def _forget_rows(self, rows: np.ndarray) -> None:
         """Bookkeeping for live rows about to be overwritten (the oldest ones)."""
+        if self._sampler.tracks_rows:
+            self._sampler.rows_forgotten(rows, self._row_episode[rows])
         for row in rows.tolist():
             eid = int(self._row_episode[row])
             left = self._episode_rows[eid] - 1
@@ -534,8 +579,8 @@ class ReplayTable:
             raise ValueError(f"{where}: expected {name} of dtype bool and shape ({n},), got {arr.dtype} {arr.shape}")
         return arr
 
-    def _window_ok(self, rows: np.ndarray, t_len: int) -> np.ndarray:
-        """(len(rows),) bool: whether a window of t_len transitions starts at each row."""
+    def window_ok(self, rows: np.ndarray, t_len: int) -> np.ndarray:
+        """(len(rows),) bool: whether a window of t_len transitions starts at each row (lock held)."""
         ok = np.ones(rows.shape, bool)
         cur = rows
         for _ in range(t_len - 1):
@@ -543,6 +588,20 @@ class ReplayTable:
             ok &= nxt >= 0
             cur = np.where(ok, nxt, cur)
         return ok
+
+    def row_episodes(self) -> np.ndarray:
+        """(size,) int64: the episode of each live row, a view (for samplers, lock held)."""
+        return self._row_episode[: self._size]
+
+    def no_window_error(self, t_len: int, where: str) -> ValueError:
+        """The error of a sample that finds no window of length t_len (lock held)."""
+        longest = max(self._episode_rows.values(), default=0)
+        return ValueError(
+            f"{where}: expected at least one window of rollout_length={t_len} consecutive transitions "
+            f"of one episode, got none: the longest stored episode stretch has {longest} transitions "
+            f"({self._size} transitions, {len(self._episode_rows)} episodes stored); expected a rollout_length "
+            f"no longer than the episodes"
+        )
 
     def _chain(self, starts: np.ndarray, t_len: int) -> np.ndarray:
         """(count, T) rows of the windows starting at ``starts`` (all assumed valid)."""
@@ -552,30 +611,6 @@ class ReplayTable:
             idx[:, j] = self._next_row[idx[:, j - 1]]
         return idx
 
-    def _draw_starts(self, count: int, t_len: int, n: int, where: str) -> np.ndarray:
-        """``count`` start rows, i.i.d. uniform over the valid windows of length t_len."""
-        if t_len == 1:  # every live row is a valid window
-            return self._rng.integers(0, n, size=count)
-        picked, need = [], count
-        for _ in range(_REJECTION_ROUNDS):
-            cand = self._rng.integers(0, n, size=max(2 * need, 64))
-            hits = cand[self._window_ok(cand, t_len)][:need]
-            picked.append(hits)
-            need -= hits.size
-            if need == 0:
-                return np.concatenate(picked)
-        valid = np.flatnonzero(self._window_ok(np.arange(n), t_len))
-        if valid.size == 0:
-            longest = max(self._episode_rows.values(), default=0)
-            raise ValueError(
-                f"{where}: expected at least one window of rollout_length={t_len} consecutive transitions "
-                f"of one episode, got none: the longest stored episode stretch has {longest} transitions "
-                f"({n} transitions, {len(self._episode_rows)} episodes stored); expected a rollout_length "
-                f"no longer than the episodes"
-            )
-        picked.append(valid[self._rng.integers(0, valid.size, size=need)])
-        return np.concatenate(picked)
-
 
 def _split_leading(data: dict[str, Any], k: int) -> dict[str, Any]:
     """Give every array a leading axis k (rows are rollout-major, so batch j holds rollouts
@@ -584,58 +619,3 @@ def _split_leading(data: dict[str, Any], k: int) -> dict[str, Any]:
         key: _split_leading(v, k) if isinstance(v, dict) else v.reshape(k, v.shape[0] // k, *v.shape[1:])
         for key, v in data.items()
     }
-
-
-def _normalise_shape(shape: Any, name: str, where: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(d) for d in shape)
-    except TypeError:
-        raise ValueError(f"{where}: expected {name} to be a tuple of ints, got {shape!r}") from None
-    if any(d < 0 for d in out):
-        raise ValueError(f"{where}: expected {name} with non-negative sizes, got {out}")
-    return out
-
-
-def _normalise_spec(spec: ObservationSpec, where: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    if not isinstance(spec, Mapping) or not spec:
-        raise ValueError(f"{where}: expected observation_spec as a non-empty {{key: (shape, dtype)}}, got {spec!r}")
-    out = {}
-    for key, entry in spec.items():
-        if not isinstance(key, str):
-            raise ValueError(f"{where}: expected observation_spec keys to be str, got {key!r}")
-        try:
-            shape, dtype = entry
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected observation_spec[{key!r}] = (shape, dtype), got {entry!r}") from None
-        out[key] = (_normalise_shape(shape, f"observation_spec[{key!r}] shape", where), np.dtype(dtype))
-    return out
-
-
-#: Bit generators a saved sampler state may name (all of NumPy's; nothing else is ever constructed).
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
-
-
-def _copy_json(value: Any) -> Any:
-    """A deep copy of a JSON-like value (dicts, lists, numbers), NumPy ints and arrays made plain."""
-    if isinstance(value, Mapping):
-        return {str(k): _copy_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _rng_from_state(state: Any, where: str) -> np.random.Generator:
-    """A ``np.random.Generator`` whose bit generator has the saved ``state`` (a clear error otherwise)."""
-    name = state.get("bit_generator") if isinstance(state, Mapping) else None
-    if name not in _BIT_GENERATORS:
-        raise ValueError(f"{where}: expected a sampler RNG state of one of {_BIT_GENERATORS}, got {name!r}")
-    bit_gen = getattr(np.random, name)()
-    try:
-        bit_gen.state = _copy_json(state)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{where}: the sampler RNG state is not a valid {name} state: {e}") from None
-    return np.random.Generator(bit_gen)
