@@ -60,12 +60,23 @@ class _Base:
     #: keys not listed are "network".
     state_categories: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, name: str | None = None, order: int = 0, cycle: int | None = None):
-        if cycle is not None and (not isinstance(cycle, int) or cycle < 0):
+    def __init__(self, cycle: int | None = None, *, name: str | None = None, order: int = 0):
+        """``cycle`` may be given positionally, as the reference's ``Callback.__init__(self, cycle=0)``
+        (``super().__init__(5)``); ``None`` or 0: no cycle hooks."""
+        if cycle is not None and (isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 0):
             raise ValueError(f"cycle must be None or an int >= 0, got {cycle!r} for {name or type(self).__name__}")
         self.name: str = name if name is not None else type(self).__name__
         self.order: int = order
         self.cycle: int | None = cycle
+
+    @property
+    def _order(self) -> int:
+        """The reference's name of :attr:`order` (its callbacks set ``self._order = 1`` after ``__init__``)."""
+        return self.order
+
+    @_order.setter
+    def _order(self, value: int) -> None:
+        self.order = value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, order={self.order}, cycle={self.cycle})"
@@ -150,6 +161,12 @@ class HostCallback(_Base):
     Cycles are counted in backprop steps as for device callbacks. With K steps per compiled call, the
     ``begin_cycle`` hooks due during the call run before it and the ``end_cycle`` hooks after it, each
     with ``ctx.bp_step`` set to the step it is due for and the state as it is after the call.
+
+    It has no per-step hooks: the steps run inside one compiled call. A subclass that defines
+    ``begin_batch``, ``backward`` or ``end_batch`` (a habit from the reference, where every hook runs in
+    Python) is refused by the :class:`~emote_jax.trainer.Trainer` with an error naming the hook: per-step
+    work on the device is a :class:`Callback`'s, per-step work on the host is ``begin_cycle`` /
+    ``end_cycle`` with ``cycle=1`` (every compiled call at ``steps_per_call=1``).
     """
 
     runs_on: ClassVar[str] = "host"
@@ -162,6 +179,16 @@ class HostCallback(_Base):
 
 
 AnyCallback = Callback | HostCallback
+
+
+#: The reference's per-step hooks, which a :class:`HostCallback` cannot have.
+PER_STEP_HOOKS: tuple[str, ...] = ("begin_batch", "backward", "end_batch")
+
+
+def host_per_step_hooks(cb: _Base) -> list[str]:
+    """The per-step hooks (``begin_batch``, ``backward``, ``end_batch``) a :class:`HostCallback` defines:
+    hooks the trainer would never call."""
+    return [h for h in PER_STEP_HOOKS if isinstance(cb, HostCallback) and callable(getattr(type(cb), h, None))]
 
 
 def overrides(cb: _Base, hook: str) -> bool:

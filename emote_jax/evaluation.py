@@ -25,7 +25,7 @@ import numpy as np
 
 from emote_jax.context import PyTree
 from emote_jax.recipes import algo_of, config_from_json, get_algorithm
-from emote_jax.recipes.common import POLICY_DIR, Act, Algorithm, run_episodes, save_policy
+from emote_jax.recipes.common import POLICY_DIR, Act, Algorithm, env_action, run_episodes, save_policy
 from emote_jax.recipes.envs import single_env
 
 __all__ = ["POLICY_DIR", "LoadedPolicy", "config_from_json", "evaluate_run", "load_policy", "record_video",
@@ -129,7 +129,8 @@ def record_video(loaded: LoadedPolicy, video_dir: str | Path, episodes: int = 1,
         env.close()
         return [], "moviepy is not installed (pip install 'emote-jax[video]')"
     try:
-        run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, _algo(loaded).env_action)
+        to_env = env_action(_algo(loaded), cfg, env.action_space)
+        run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, to_env)
     except DependencyNotInstalled as e:  # e.g. pygame for the classic-control renderers
         return [], f"rendering needs a missing package: {e}"
     finally:
@@ -155,7 +156,8 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int | None = Non
     seed = cfg.seed + 10_000 if seed is None else seed
     env = single_env(cfg)
     try:
-        returns = run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, _algo(loaded).env_action)
+        to_env = env_action(_algo(loaded), cfg, env.action_space)
+        returns = run_episodes(env, _act_fn(loaded), loaded.params, episodes, seed, to_env)
     finally:
         env.close()
     r = np.asarray(returns)

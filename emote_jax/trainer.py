@@ -23,6 +23,7 @@ from emote_jax.callback import (
     HostCallback,
     TrainingShutdownException,
     _Base,
+    host_per_step_hooks,
     overrides,
 )
 from emote_jax.context import Context, PyTree
@@ -73,6 +74,14 @@ def _sorted_callbacks(callbacks: Sequence[_Base]) -> list[_Base]:
         raise ValueError(f"callback names must be unique (they name state slots); duplicated: {dupes}")
     if TRAINER_SLOT in names:
         raise ValueError(f"the name {TRAINER_SLOT!r} is reserved for the trainer's own slot")
+    for cb in callbacks:
+        hooks = host_per_step_hooks(cb)
+        if hooks:
+            raise TypeError(
+                f"HostCallback {cb.name!r} ({type(cb).__name__}) defines {', '.join(hooks)}: a host callback has no "
+                "per-step hooks (the steps run inside one compiled call), so it would never be called. Put per-step "
+                "device work in a Callback (its begin_batch/backward/end_batch are traced into the step); for host "
+                "work, use begin_cycle/end_cycle with cycle=1 (with steps_per_call=1, every step)")
     return sorted(callbacks, key=lambda cb: cb.order)
 
 

@@ -80,7 +80,7 @@ def test_the_help_lists_the_algorithms_options(capsys):
 def test_an_unknown_algorithm_is_a_usage_error(capfd):
     status, _, err = cli(capfd, "train", "--algo", "nope")
     assert status == 2 and "invalid choice: 'nope'" in err and err.count("\n") == 1
-    with pytest.raises(ConfigError, match=r"--algo 'nope': no such algorithm; expected one of \['sac'\]"):
+    with pytest.raises(ConfigError, match=r"--algo 'nope': no such algorithm; expected one of \['dqn', 'sac'\]"):
         get_algorithm("nope")
     assert ALGORITHMS["sac"] is SAC and SAC.config_cls is SACConfig and SAC.params_slot == "policy"
 
@@ -165,7 +165,8 @@ def test_every_module_imports_on_its_own():
 SPLIT_MODULES = {**{m: 400 for m in ["recipes/__init__.py", "recipes/config.py", "recipes/envs.py", "recipes/common.py",
                                      "recipes/sac.py", "train.py", "evaluation.py", "collectors/__init__.py",
                                      "collectors/spaces.py", "collectors/acting.py", "collectors/state.py", "collectors/episodes.py",
-                                     "collectors/threaded.py"]},
+                                     "collectors/threaded.py", "collectors/actions.py", "recipes/dqn.py",
+                                     "algorithms/dqn.py", "algorithms/nstep.py", "networks/dqn.py"]},
                  "collectors/gym.py": 440}
 
 

@@ -30,24 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from emote_jax.algorithms.nstep import discount, gamma_matrix  # noqa: F401  (gamma_matrix: its old home)
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
 from emote_jax.loss import LossCallback
 from emote_jax.networks.sac import GaussianPolicy, QNet, sample_action
 
 Schedule = Callable[[jax.Array], jax.Array]
-
-
-def gamma_matrix(gamma: float, rollout_length: int) -> np.ndarray:
-    """(T+1, T) matrix G with ``G[j, i] = gamma**(j - i)`` for ``j >= i``, else 0.
-
-    For ``R = concat(rewards (B, T), bootstrap (B, 1))``, ``R @ G`` is the n-step discounted return at
-    every position of the rollout: ``sum_{j>=i} gamma^(j-i) r_j + gamma^(T-i) * bootstrap``.
-    """
-    t = rollout_length
-    j = np.arange(t + 1)[:, None]
-    i = np.arange(t)[None, :]
-    return np.where(j >= i, float(gamma) ** np.maximum(j - i, 0), 0.0).astype(np.float32)
 
 
 def _obs(batch: PyTree, key: str, obs_key: str) -> jax.Array:
@@ -143,11 +132,7 @@ class QTarget(Callback):
         q_next = jnp.minimum(self.q.apply(q1_t, next_obs, next_action), self.q.apply(q2_t, next_obs, next_action))
         alpha = jnp.exp(_ln_alpha(ctx, self.alpha_name))
         v_next = (q_next - alpha * next_logp) * batch["masks"]  # (B, 1): true terminations only
-        g = hp["gamma"] ** jnp.arange(t + 1, dtype=jnp.float32)
-        # G[j, i] = gamma^(j-i) for j >= i: the traced-gamma form of gamma_matrix()
-        j, i = jnp.arange(t + 1)[:, None], jnp.arange(t)[None, :]
-        gm = jnp.where(j >= i, g[jnp.clip(j - i, 0, t)], 0.0)
-        returns = jnp.concatenate([rewards * hp["reward_scale"], v_next], axis=1) @ gm  # (B, T)
+        returns = discount(rewards * hp["reward_scale"], v_next, hp["gamma"])  # (B, T), n-step
         q_target = jax.lax.stop_gradient(returns.reshape(-1, 1))
         new_batch = {**ctx.batch, self.data_group: {**batch, "q_target": q_target}}
         return ctx.replace(batch=new_batch).log(**{f"{self.name}/q_target_mean": q_target.mean(),

@@ -1,10 +1,11 @@
 """Collectors: host callbacks that step environments with the current policy and fill a replay memory.
 
 ``gym.py`` holds :class:`GymCollector` (stepping, episodes, acting), ``threaded.py`` its background-thread
-variant, ``spaces.py`` the spaces a collector takes and the table spec they give, ``state.py`` its state
-for exact resume.
+variant, ``spaces.py`` the spaces a collector takes and the table spec they give, ``actions.py`` how it
+handles an algorithm's actions (Box or Discrete), ``state.py`` its state for exact resume.
 """
 
+from emote_jax.collectors.actions import Actions, BoxActions, DiscreteActions
 from emote_jax.collectors.gym import GymCollector
 from emote_jax.collectors.spaces import (
     OBS_KEY,
@@ -17,6 +18,9 @@ from emote_jax.collectors.threaded import ThreadedGymCollector
 
 __all__ = [
     "OBS_KEY",
+    "Actions",
+    "BoxActions",
+    "DiscreteActions",
     "GymCollector",
     "NonFiniteObservationError",
     "ObservationShapeError",

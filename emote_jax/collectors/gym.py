@@ -48,7 +48,8 @@ from emote_jax.callback import HostCallback, TrainingShutdownException
 from emote_jax.context import Context, PyTree
 from emote_jax.faults import shutdown_requested
 from emote_jax.memory import AgentObservation, EpisodeState
-from emote_jax.collectors.acting import checked_actions, env_actions, observation_shape_error
+from emote_jax.collectors.acting import observation_shape_error
+from emote_jax.collectors.actions import Actions, BoxActions
 from emote_jax.collectors.episodes import EpisodeBook
 from emote_jax.collectors.spaces import (
     OBS_KEY,
@@ -60,7 +61,6 @@ from emote_jax.collectors.spaces import (
     memory_spec,
     obs_dict,
 )
-from emote_jax.collectors.spaces import check_action_space as _check_action_space
 from emote_jax.collectors.spaces import obs_keys as _obs_keys
 from emote_jax.collectors.state import collector_state, load_collector_state, resume_seed
 from emote_jax.networks.host import HostPolicy
@@ -85,10 +85,11 @@ class GymCollector(HostCallback):
     """Steps a vector env with the current policy between compiled training calls.
 
     Args:
-        env: a gymnasium ``VectorEnv`` with a Box action space (finite bounds) and a Box (or Dict of Box)
-            observation space.
+        env: a gymnasium ``VectorEnv`` with a Box (or Dict of Box) observation space, and an action space
+            that ``actions`` handles.
         policy: ``policy(params, obs, key) -> actions``; ``obs`` is ``(N, *obs_shape)`` float32 (a dict
-            of such arrays for a Dict space), ``actions`` is ``(N, *action_shape)`` in ``[-1, 1]``.
+            of such arrays for a Dict space), ``actions`` is ``(N, *action_shape)`` as ``actions`` takes
+            them (for a Box: in ``[-1, 1]``).
             Compiled once with ``jax.jit``. Or a :class:`~emote_jax.networks.host.HostPolicy`, which
             acts with NumPy on a host copy of the parameters taken once per compiled call (no device
             round trip per step; its noise comes from the collector's NumPy generator).
@@ -103,10 +104,11 @@ class GymCollector(HostCallback):
         episode_history: how many completed episodes ``episode_returns``/``episode_lengths`` keep
             (and ``episode_env_steps``: the ``env_steps`` count when each ended).
         close_env: close ``env`` in ``end_training`` (off by default: the caller owns it).
+        actions: how the actions of ``env.single_action_space`` are checked, stored, explored and given
+            to ``env.step`` (:mod:`emote_jax.collectors.actions`); None: :class:`BoxActions` (SAC's).
 
-    Actions are clipped to ``[-1, 1]``; that clipped action is what the memory stores, and it is rescaled
-    linearly to the Box bounds for ``env.step``. Observations are stored as float32. When training ends,
-    every episode still running is closed as INTERRUPTED with its last observation and reward.
+    Observations are stored as float32. When training ends, every episode still running is closed as
+    INTERRUPTED with its last observation and reward.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class GymCollector(HostCallback):
         close_env: bool = False,
         name: str = "collector",
         order: int = 0,
+        actions: Actions | None = None,
     ):
         super().__init__(name=name, order=order, cycle=1)
         if not isinstance(env, gymnasium.vector.VectorEnv):
@@ -131,7 +134,11 @@ class GymCollector(HostCallback):
                 f"env must be a gymnasium.vector.VectorEnv, got {type(env).__name__}; wrap a single env as "
                 "gymnasium.vector.SyncVectorEnv([lambda: env])"
             )
-        self.action_space = _check_action_space(env.single_action_space)
+        self.actions: Actions = BoxActions(env.single_action_space) if actions is None else actions
+        if self.actions.space != env.single_action_space:
+            raise ValueError(f"actions handles {self.actions.space!r}, but the env's single action space is "
+                             f"{env.single_action_space!r}")
+        self.action_space = self.actions.space
         self.obs_keys = _obs_keys(env.single_observation_space)
         self._dict_obs = isinstance(env.single_observation_space, spaces.Dict)
         if not (bp_steps_per_env_step > 0):
@@ -157,10 +164,8 @@ class GymCollector(HostCallback):
         self.seed = seed
         self.close_env = close_env
 
-        self._action_shape = tuple(self.action_space.shape)
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.key(seed)
-        self._warned_clip = False
 
         self._host_policy = policy if isinstance(policy, HostPolicy) else None
         self._host_params: Any = None
@@ -205,12 +210,11 @@ class GymCollector(HostCallback):
         else:
             out, self._key = self._act(params, self._policy_input(self._obs), self._key)
             actions = np.asarray(out)
-        clipped, self._warned_clip = checked_actions(actions, (self.num_envs, *self._action_shape), self.vector_steps,
-                                                     self.name, self._warned_clip)
-        return clipped
+        checked = self.actions.checked(actions, self.num_envs, self.vector_steps, self.name)
+        return self.actions.explore(checked, self.env_steps, self._rng)
 
     def _random_actions(self) -> np.ndarray:
-        return self._rng.uniform(-1.0, 1.0, size=(self.num_envs, *self._action_shape)).astype(np.float32)
+        return self.actions.random(self._rng, self.num_envs)
 
     # ---- episodes --------------------------------------------------------------------------------
     def _row(self, obs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
@@ -236,7 +240,7 @@ class GymCollector(HostCallback):
             )
             for i in live:  # consumed: the memory now waits for the reward of actions[i]
                 book.pending[i] = None
-        next_obs, rewards, terminated, truncated, info = self.env.step(env_actions(actions, self.action_space))
+        next_obs, rewards, terminated, truncated, info = self.env.step(self.actions.to_env(actions))
         self.vector_steps += 1
         next_obs = self._batch_to_dict(next_obs)
         rewards = np.asarray(rewards, dtype=np.float64)

@@ -54,14 +54,17 @@ def obs_keys(space: gymnasium.Space) -> dict[str, tuple[int, ...]]:
     )
 
 
-def memory_spec(env: gymnasium.vector.VectorEnv) -> tuple[dict[str, tuple[tuple[int, ...], type]], tuple[int, ...]]:
+def memory_spec(env: gymnasium.vector.VectorEnv,
+                actions: Any = None) -> tuple[dict[str, tuple[tuple[int, ...], type]], tuple[int, ...]]:
     """``(observation_spec, action_shape)`` for a ``ReplayTable`` that a collector over ``env`` fills.
 
     A Box observation space gives ``{"obs": (shape, np.float32)}``; a Dict of Boxes one entry per key.
+    ``actions`` (the collector's :class:`~emote_jax.collectors.actions.Actions`; its ``dtype`` is the
+    table's ``action_dtype``) gives the action shape; None: a Box action space's shape.
     """
     keys = obs_keys(env.single_observation_space)
-    action_space = check_action_space(env.single_action_space)
-    return {k: (shape, np.float32) for k, shape in keys.items()}, tuple(action_space.shape)
+    action_shape = tuple(check_action_space(env.single_action_space).shape) if actions is None else tuple(actions.shape)
+    return {k: (shape, np.float32) for k, shape in keys.items()}, action_shape
 
 
 # ---- observations --------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emote_jax.collectors.actions import Actions
 from emote_jax.collectors.gym import GymCollector, Policy
 from emote_jax.context import Context, PyTree
 
@@ -58,6 +59,7 @@ class ThreadedGymCollector(GymCollector):
         join_timeout: float = 60.0,
         name: str = "collector",
         order: int = 0,
+        actions: Actions | None = None,
     ):
         super().__init__(
             env,
@@ -71,6 +73,7 @@ class ThreadedGymCollector(GymCollector):
             close_env=close_env,
             name=name,
             order=order,
+            actions=actions,
         )
         if param_sync_interval < 1:
             raise ValueError(f"param_sync_interval must be >= 1, got {param_sync_interval}")

@@ -24,6 +24,18 @@ from emote_jax.networks.sac import LOG_STD_MAX, LOG_STD_MIN, MEAN_CLAMP, Gaussia
 PyTree = Any
 
 
+def host_dense(p: Any, n_out: int | None, where: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(W (in, out), b (out,))`` float32 host copies of a Flax Dense layer's ``{"kernel", "bias"}``, or a
+    ValueError naming the layer ``name`` (``n_out``: the outputs it must have, None: any)."""
+    # copies, not views of the device buffers (a view would keep the trainer from donating them)
+    w = np.array(p["kernel"], np.float32, copy=True)
+    b = np.array(p["bias"], np.float32, copy=True)
+    if w.ndim != 2 or b.shape != (w.shape[1],) or (n_out is not None and w.shape[1] != n_out):
+        want = f"(in, {n_out})" if n_out is not None else "(in, out)"
+        raise ValueError(f"{where}: expected {name} kernel {want} and bias (out,), got {w.shape} and {b.shape}")
+    return w, b
+
+
 class HostPolicy(abc.ABC):
     """The host-side policy contract of the collectors.
 
@@ -40,8 +52,9 @@ class HostPolicy(abc.ABC):
 
     @abc.abstractmethod
     def act(self, host_params: Any, obs: Any, rng: np.random.Generator) -> np.ndarray:
-        """Actions ``(N, *action_shape)`` in ``[-1, 1]`` for observations ``obs`` ``(N, *obs_shape)``
-        float32 (a dict of such arrays for a Dict space); noise comes from ``rng``."""
+        """Actions ``(N, *action_shape)`` for observations ``obs`` ``(N, *obs_shape)`` float32 (a dict of
+        such arrays for a Dict space), as the collector's actions take them (a Box policy's in ``[-1, 1]``,
+        a Discrete one's indices); noise comes from ``rng``."""
 
 
 class GaussianHostPolicy(HostPolicy):
@@ -85,15 +98,7 @@ class GaussianHostPolicy(HostPolicy):
                 raise ValueError(f"{where}: expected MLP_0/Dense_{i} with {h} outputs, got kernel {w.shape}")
         return {"layers": layers, **heads}
 
-    @staticmethod
-    def _dense(p: Any, n_out: int | None, where: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-        # copies, not views of the device buffers (a view would keep the trainer from donating them)
-        w = np.array(p["kernel"], np.float32, copy=True)
-        b = np.array(p["bias"], np.float32, copy=True)
-        if w.ndim != 2 or b.shape != (w.shape[1],) or (n_out is not None and w.shape[1] != n_out):
-            want = f"(in, {n_out})" if n_out is not None else "(in, out)"
-            raise ValueError(f"{where}: expected {name} kernel {want} and bias (out,), got {w.shape} and {b.shape}")
-        return w, b
+    _dense = staticmethod(host_dense)
 
     def act(self, host_params: dict[str, Any], obs: Any, rng: np.random.Generator) -> np.ndarray:
         x = np.asarray(obs, np.float32)

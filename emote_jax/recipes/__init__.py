@@ -2,7 +2,8 @@
 
 :mod:`~emote_jax.recipes.common` is the run machinery every algorithm shares (with
 :mod:`~emote_jax.recipes.config` and :mod:`~emote_jax.recipes.envs`); an algorithm adds one file that
-defines its :class:`~emote_jax.recipes.common.Algorithm` (:mod:`~emote_jax.recipes.sac`) and one entry
+defines its :class:`~emote_jax.recipes.common.Algorithm` (:mod:`~emote_jax.recipes.sac`,
+:mod:`~emote_jax.recipes.dqn`) and one entry
 in :data:`ALGORITHMS`. docs/decisions/0007-recipe-layer.md explains the split.
 """
 
@@ -13,10 +14,11 @@ from typing import Any
 from emote_jax.errors import ConfigError
 from emote_jax.recipes.common import Algorithm, Run, build_run, evaluate, train_run
 from emote_jax.recipes.config import RunConfig, config_from_dict
+from emote_jax.recipes.dqn import DQN, DQNConfig
 from emote_jax.recipes.sac import SAC, SACConfig
 
 #: The algorithms of ``emote-jax train --algo NAME``, by name; the first is the default.
-ALGORITHMS: dict[str, Algorithm] = {SAC.name: SAC}
+ALGORITHMS: dict[str, Algorithm] = {SAC.name: SAC, DQN.name: DQN}
 DEFAULT_ALGO = "sac"
 
 
@@ -44,5 +46,5 @@ def config_from_json(data: dict[str, Any]) -> RunConfig:
     return config_from_dict(get_algorithm(algo_of(data)).config_cls, data)
 
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALGO", "Algorithm", "Run", "RunConfig", "SAC", "SACConfig", "algo_of",
-           "build_run", "config_from_json", "evaluate", "get_algorithm", "train_run"]
+__all__ = ["ALGORITHMS", "DEFAULT_ALGO", "DQN", "SAC", "Algorithm", "DQNConfig", "Run", "RunConfig", "SACConfig",
+           "algo_of", "build_run", "config_from_json", "evaluate", "get_algorithm", "train_run"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
 from emote_jax.checkpoint import CheckpointLoader, Checkpointer
-from emote_jax.collectors import GymCollector, ThreadedGymCollector, memory_spec
+from emote_jax.collectors import Actions, BoxActions, GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.context import Context, PyTree
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
@@ -56,7 +56,9 @@ class Algorithm:
         collector_policy: ``(net, on_host) -> policy`` for the collector: a
             :class:`~emote_jax.networks.host.HostPolicy` (``on_host``) or an :data:`Act`.
         eval_policy: ``net -> Act``, the deterministic policy of evaluation (jitted by the caller).
-        env_action: ``(single action space, action of the policy (A,)) -> the action env.step takes``.
+        actions: ``(cfg, single action space) -> Actions``: how the collector checks, stores (the memory's
+            action shape and dtype), explores (e.g. epsilon-greedy) and hands to ``env.step`` the policy's
+            actions (:mod:`emote_jax.collectors.actions`); evaluation uses its ``to_env``.
         add_options: ``(argparse group, config defaults) -> None``: the CLI options of its own fields.
     """
 
@@ -69,7 +71,7 @@ class Algorithm:
     params_slot: str
     collector_policy: Callable[[Any, bool], Any]
     eval_policy: Callable[[Any], Act]
-    env_action: Callable[[gymnasium.Space, np.ndarray], Any]
+    actions: Callable[[Any, gymnasium.Space], Actions]
     add_options: Callable[[argparse._ArgumentGroup, Any], None]
 
 
@@ -129,12 +131,14 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
     env = make_vector_env(cfg)
     try:
         obs_dim, n_actions = algo.check_spaces(env.single_observation_space, env.single_action_space, cfg.env_id)
-        obs_spec, action_shape = memory_spec(env)
-        table = ReplayTable(cfg.memory_size, obs_spec, action_shape, seed=cfg.seed)
+        actions = algo.actions(cfg, env.single_action_space)
+        obs_spec, action_shape = memory_spec(env, actions)
+        table = ReplayTable(cfg.memory_size, obs_spec, action_shape, action_dtype=actions.dtype, seed=cfg.seed)
         loader = MemoryLoader(table, cfg.batch_size // cfg.rollout_length, cfg.rollout_length,
                               steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch)
         callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
-        collector = _collector(algo, cfg, env, algo.collector_policy(net, cfg.act_on_host), MemoryProxy(table))
+        collector = _collector(algo, cfg, env, algo.collector_policy(net, cfg.act_on_host), MemoryProxy(table),
+                               actions)
         warmup = MemoryWarmup(loader, collector=collector, out=out)  # fills up to one batch, whatever warmup_steps says
         host: list[HostCallback] = [collector, warmup, EnvStepBudget(collector, cfg.env_steps)]
         progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out) if out is not None else None
@@ -163,9 +167,9 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
 
 
 def _collector(algo: Algorithm, cfg: RunConfig, env: gymnasium.vector.VectorEnv, policy: Any,
-               memory: MemoryProxy) -> GymCollector:
+               memory: MemoryProxy, actions: Actions) -> GymCollector:
     common = dict(params_slot=algo.params_slot, warmup_steps=-(-cfg.warmup_steps // cfg.num_envs),
-                  random_warmup=cfg.random_warmup, seed=cfg.seed)
+                  random_warmup=cfg.random_warmup, seed=cfg.seed, actions=actions)
     if cfg.threaded:  # collects continuously, capped at the configured ratio of env to backprop steps
         return ThreadedGymCollector(env, policy, memory, max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step,
                                     **common)
@@ -281,11 +285,24 @@ def box_action(space: gymnasium.spaces.Box, a: np.ndarray) -> np.ndarray:
     return low + (a + 1.0) * 0.5 * (high - low)
 
 
+def box_actions(cfg: Any, space: gymnasium.Space) -> BoxActions:
+    """``Algorithm.actions`` of a policy in [-1, 1] over a Box (SAC's): :class:`BoxActions`."""
+    del cfg
+    return BoxActions(space)
+
+
+def env_action(algo: Algorithm, cfg: RunConfig, space: gymnasium.Space) -> Callable[[gymnasium.Space, np.ndarray], Any]:
+    """``(space, one action of the policy) -> what env.step takes``: ``algo.actions(cfg, space).to_env`` of
+    one action (evaluation's, the collector's conversion; no exploration)."""
+    actions = algo.actions(cfg, space)
+    return lambda _space, a: actions.to_env(np.asarray(a)[None])[0]
+
+
 def evaluate(algo: Algorithm, cfg: RunConfig, net: Any, params: PyTree, episodes: int, seed: int) -> list[float]:
     """Returns of ``episodes`` deterministic episodes (``algo.eval_policy``) on a fresh single env."""
     act = jax.jit(algo.eval_policy(net))
     env = single_env(cfg)
     try:
-        return run_episodes(env, act, params, episodes, seed, algo.env_action)
+        return run_episodes(env, act, params, episodes, seed, env_action(algo, cfg, env.action_space))
     finally:
         env.close()

@@ -23,7 +23,7 @@ from emote_jax.errors import ConfigError, UnsupportedSpaceError
 from emote_jax.networks.host import GaussianHostPolicy
 from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
 from emote_jax.recipes import common
-from emote_jax.recipes.common import Algorithm, Run, box_action
+from emote_jax.recipes.common import Algorithm, Run, box_actions
 from emote_jax.recipes.config import Check, RunConfig
 
 
@@ -94,7 +94,8 @@ def int_tuple(text: str) -> tuple[int, ...]:
 def check_space_pair(obs_space: gymnasium.Space, act_space: gymnasium.Space, name: str) -> tuple[int, int]:
     """``(obs_dim, n_actions)`` of a flat Box observation and a bounded Box action space, or a clear error."""
     if not isinstance(act_space, gymnasium.spaces.Box):
-        raise UnsupportedSpaceError(f"--env {name}: SAC needs a continuous Box action space, got {act_space!r}", "--env")
+        raise UnsupportedSpaceError(f"--env {name}: SAC needs a continuous Box action space, got {act_space!r} "
+                                    "(--algo dqn takes Discrete actions)", "--env")
     if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
         raise ConfigError(f"--env {name}: SAC needs finite action bounds to rescale its [-1, 1] actions, got "
                           f"low={act_space.low}, high={act_space.high}", "--env")
@@ -149,7 +150,7 @@ def deterministic_policy(policy_net: GaussianPolicy) -> Callable[..., jax.Array]
 SAC = Algorithm(
     name="sac", title="SAC", config_cls=SACConfig, check_spaces=check_space_pair, make_callbacks=make_callbacks,
     make_net=make_net, params_slot="policy", collector_policy=collector_policy, eval_policy=deterministic_policy,
-    env_action=box_action, add_options=add_options,
+    actions=box_actions, add_options=add_options,
 )
 
 # ---- the recipe under its SAC names ----------------------------------------------------------------------
