@@ -25,8 +25,9 @@ class Context:
         batch: the current batch from the dataloader, a pytree of arrays (leading axis = batch).
             ``None`` in host hooks.
         key: a PRNG key for this step. Use :meth:`split_key` to draw from it.
-        metrics: scalars logged during this step, ``name -> array of shape ()``. In host hooks these are
-            the host (NumPy) metrics of the last compiled call, each of shape ``(K,)``.
+        metrics: scalars logged during this step, ``name -> array of shape ()`` (and per-sample metrics of
+            shape ``(B,)``, see :meth:`log_samples`). In host hooks these are the host (NumPy) metrics of
+            the last compiled call, each of shape ``(K,)`` (``(K, B)`` for per-sample ones).
         bp_step: the backprop step being run (starts at 1), an int32 scalar on the device and a Python
             int in host hooks.
         bp_samples: the number of samples consumed so far. Host-side only (a Python int in host
@@ -61,6 +62,17 @@ class Context:
             value = jnp.asarray(value)
             if value.shape != ():
                 raise ValueError(f"metric {name!r} must be a scalar, got shape {value.shape}")
+            new[name] = value
+        return self.replace(metrics=new)
+
+    def log_samples(self, **arrays: Any) -> Context:
+        """A new context with per-sample metrics added, each of shape (B,) (e.g. TD errors for prioritized
+        replay). They come back to the host with the scalar metrics, as (K, B); loggers skip them."""
+        new = dict(self.metrics)
+        for name, value in arrays.items():
+            value = jnp.asarray(value)
+            if value.ndim != 1:
+                raise ValueError(f"per-sample metric {name!r} must have shape (B,), got shape {value.shape}")
             new[name] = value
         return self.replace(metrics=new)
 

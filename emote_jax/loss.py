@@ -60,6 +60,8 @@ class LossCallback(Callback):
         optimizer_kwargs: further keyword arguments of ``optimizer``; floats among them become
             hyperparameters that can change mid-run too.
         loss_fn: ``(params, ctx) -> loss`` or ``(loss, aux_dict)``, instead of overriding :meth:`loss`.
+
+    Aux metrics are scalars, or per-sample arrays of shape (B,) (logged with ``Context.log_samples``).
     """
 
     state_categories = {"params": "network", "opt_state": "optimizer"}
@@ -158,6 +160,9 @@ class LossCallback(Callback):
         # 1.0 when the loss, a gradient (the norm of a NaN or inf is not finite) or a new parameter is not
         # finite; the trainer stops on it (emote_jax.faults), without an extra host round trip.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+        per_sample = {f"{self.name}/{k}": aux.pop(k) for k in [k for k, v in aux.items() if jnp.ndim(v) == 1]}
+        if per_sample:  # e.g. QLoss's td_error for prioritized replay (see Context.log_samples)
+            ctx = ctx.log_samples(**per_sample)
         return ctx.log_dict(
             {"loss": loss, "lr": slot["opt_state"].hyperparams["learning_rate"], "grad_norm": grad_norm, **aux,
              NONFINITE_SUFFIX[1:]: 1.0 - finite.astype(jnp.float32)},

@@ -244,9 +244,11 @@ def test_bad_arguments_and_metric_shapes_are_refused_with_what_was_expected():
     logger = MetricsLogger([Recorder()], log_interval=1)
     from emote_jax.context import Context
 
-    ctx = Context(state={}, batch=None, key=None, metrics={"a": np.zeros(3), "b": np.zeros((3, 2))}, bp_step=1)
+    # per-sample metrics (K, B) are skipped (Context.log_samples); other shapes are refused
+    ctx = Context(state={}, batch=None, key=None, metrics={"a": np.zeros(3), "s": np.zeros((3, 5)),
+                                                           "b": np.zeros((3, 2, 2))}, bp_step=1)
     logger.begin_training(ctx)
-    with pytest.raises(ValueError, match=r"expected every host metric to have shape \(3,\).*'b' with shape \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"expected every host metric to have shape \(3,\).*'b' with shape \(3, 2, 2\)"):
         logger.end_cycle(ctx)
 
 

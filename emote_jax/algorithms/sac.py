@@ -33,6 +33,7 @@ import optax
 from emote_jax.algorithms.nstep import discount, gamma_matrix  # noqa: F401  (gamma_matrix: its old home)
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
+from emote_jax.algorithms.importance import weighted_mse
 from emote_jax.loss import LossCallback
 from emote_jax.networks.sac import GaussianPolicy, QNet, sample_action
 
@@ -48,7 +49,8 @@ def _ln_alpha(ctx: Context, alpha_name: str) -> jax.Array:
 
 
 class QLoss(LossCallback):
-    """Mean squared error of ``Q(obs, a)`` against ``q_target`` written by :class:`QTarget`."""
+    """Mean squared error of ``Q(obs, a)`` against ``q_target`` written by :class:`QTarget`; with ``weights``
+    in the batch (prioritized replay) importance-weighted, and it reports the per-window ``td_error``."""
 
     def __init__(self, *, name: str, q: Any, params: PyTree, lr: float = 3e-4, obs_key: str = "obs", **kw: Any):
         super().__init__(name=name, network=q, params=params, lr=lr, **kw)
@@ -58,6 +60,9 @@ class QLoss(LossCallback):
         batch = ctx.batch[self.data_group]
         q = self.network.apply(params, _obs(batch, "observation", self.obs_key), batch["actions"])
         target = jax.lax.stop_gradient(batch["q_target"])
+        if "weights" in batch:  # prioritized replay: importance weights in, per-window |TD errors| out
+            loss, td_error = weighted_mse(q, target, batch["weights"])
+            return loss, {"q_mean": q.mean(), "td_error": td_error}
         return jnp.mean((q - target) ** 2), {"q_mean": q.mean()}
 
 

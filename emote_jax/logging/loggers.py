@@ -2,7 +2,8 @@
 
 Metrics leave the device once per compiled call: the trainer brings the K values of every metric of a
 call back as NumPy arrays of shape ``(K,)`` (``ctx.metrics`` in host hooks, ``trainer.last_metrics``),
-value ``i`` being the one of backprop step ``first + i``. A :class:`MetricsLogger` consumes them on the
+value ``i`` being the one of backprop step ``first + i``; per-sample metrics (``(K, B)``, e.g. the TD errors
+of prioritized replay, :meth:`~emote_jax.context.Context.log_samples`) are not logged. A :class:`MetricsLogger` consumes them on the
 host, with no extra device round trip:
 
 * every value goes into a window of the last ``window`` (250, as the reference) finite values of its
@@ -179,6 +180,8 @@ class MetricsLogger(HostCallback):
         self._metrics: Mapping[str, Any] | None = None
         self._pending: list[list[Any]] = []  # [the call's arrays, first step, K, values already ingested]
         self._names: tuple[str, ...] = ()
+        self._source_names: tuple[str, ...] = ()  # the names of the last call's metrics, per-sample ones too
+        self._scalar_names: tuple[str, ...] | None = None  # those logged, None: all
         self._values: list[Any] = []  # the current call's arrays, in the order of _names
         self._first = 0
         self._k = 0
@@ -212,7 +215,14 @@ class MetricsLogger(HostCallback):
 
     def _take_call(self, metrics: Mapping[str, Any], first: int) -> None:
         """Start on the metrics of a new compiled call whose first step is ``first``."""
-        names = tuple(metrics)
+        source, names = metrics, tuple(metrics)
+        if names != self._source_names:  # per-sample (K, B) metrics (Context.log_samples) are not logged
+            self._source_names = names
+            self._scalar_names = None if all(np.ndim(v) != 2 for v in metrics.values()) else tuple(
+                k for k, v in metrics.items() if np.ndim(v) != 2)
+        if self._scalar_names is not None:
+            metrics = {k: source[k] for k in self._scalar_names}
+            names = self._scalar_names
         if names != self._names or len(self._pending) >= self._MAX_PENDING:
             self._ingest_until(first - 1)  # before the layout changes: what is pending has the old one
             self._names = names
@@ -224,7 +234,7 @@ class MetricsLogger(HostCallback):
                 self._raise_shape(metrics, 1, first)
             k = shape[0]
             self._pending.append([values, first, k, 0])
-        self._metrics, self._values, self._first, self._k = metrics, values, first, k
+        self._metrics, self._values, self._first, self._k = source, values, first, k
 
     def _ingest_until(self, step: int) -> None:
         """Put every pending value of a step <= ``step`` into the windows."""
@@ -347,7 +357,7 @@ class MetricsLogger(HostCallback):
         try:
             last = ctx.bp_step - 1  # the last step run
             if ctx.metrics and ctx.metrics is not self._metrics:  # a call whose end_cycle this logger missed
-                shape = np.shape(next(iter(ctx.metrics.values())))
+                shape = np.shape(next(iter(ctx.metrics.values())))[:1]
                 self._take_call(ctx.metrics, last - (shape[0] if len(shape) == 1 else 1) + 1)
             for src in self.sources:
                 src.poll(ctx)

@@ -30,6 +30,8 @@ from emote_jax.collectors import Actions, BoxActions, GymCollector, ThreadedGymC
 from emote_jax.context import Context, PyTree
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
+from emote_jax.memory.priority import PriorityFeedback, PriorityUpdater
+from emote_jax.memory.samplers import Sampler, make_sampler
 from emote_jax.recipes.config import RunConfig
 from emote_jax.recipes.envs import check_rollout_length, make_vector_env, single_env
 from emote_jax.trainer import Trainer
@@ -133,7 +135,8 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         obs_dim, n_actions = algo.check_spaces(env.single_observation_space, env.single_action_space, cfg.env_id)
         actions = algo.actions(cfg, env.single_action_space)
         obs_spec, action_shape = memory_spec(env, actions)
-        table = ReplayTable(cfg.memory_size, obs_spec, action_shape, action_dtype=actions.dtype, seed=cfg.seed)
+        table = ReplayTable(cfg.memory_size, obs_spec, action_shape, action_dtype=actions.dtype, seed=cfg.seed,
+                            sampler=replay_sampler(cfg))
         loader = MemoryLoader(table, cfg.batch_size // cfg.rollout_length, cfg.rollout_length,
                               steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch)
         callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
@@ -141,6 +144,9 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
                                actions)
         warmup = MemoryWarmup(loader, collector=collector, out=out)  # fills up to one batch, whatever warmup_steps says
         host: list[HostCallback] = [collector, warmup, EnvStepBudget(collector, cfg.env_steps)]
+        if cfg.replay == "prioritized":  # TD errors back with the metrics, priorities updated after each call
+            callbacks = [*callbacks, PriorityFeedback()]
+            host.append(PriorityUpdater(table))
         progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out) if out is not None else None
         logger = checkpointer = None
         if cfg.run_dir is not None and cfg.log_metrics:
@@ -164,6 +170,14 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         raise
     return Run(cfg, trainer, collector, env, table, loader, net, progress, logger=logger,
                checkpointer=checkpointer, algo=algo)
+
+
+def replay_sampler(cfg: RunConfig) -> Sampler:
+    """The memory's sampler per ``cfg.replay``; prioritized replay anneals beta to 1 over the run's
+    backprop steps (env steps / envs * backprop steps per vector step)."""
+    bp_steps = max(1, int(cfg.env_steps / cfg.num_envs * cfg.bp_steps_per_env_step))
+    alpha = cfg.coverage_alpha if cfg.replay == "coverage" else cfg.per_alpha
+    return make_sampler(cfg.replay, alpha=alpha, beta=cfg.per_beta, eps=cfg.per_eps, beta_steps=bp_steps)
 
 
 def _collector(algo: Algorithm, cfg: RunConfig, env: gymnasium.vector.VectorEnv, policy: Any,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from emote_jax.errors import ConfigError
 
 #: A check of :meth:`RunConfig.validate`: ``(field name, whether it holds, what was expected)``.
 Check = tuple[str, bool, str]
+#: The values of ``--replay`` (:mod:`emote_jax.memory.samplers`).
+REPLAY_KINDS = ("uniform", "prioritized", "coverage")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -39,6 +46,11 @@ class RunConfig:
     bp_steps_per_env_step: float = 1.0
     steps_per_call: int = 1
     prefetch: bool = False
+    replay: str = "uniform"  # how batches are drawn: "uniform", "prioritized" or "coverage" (docs/decisions/0009)
+    per_alpha: float = 0.6  # prioritized: P(i) ~ (|TD error| + per_eps)^per_alpha
+    per_beta: float = 0.4  # prioritized: importance-weight exponent at the start, annealed to 1 over the run
+    per_eps: float = 1e-6
+    coverage_alpha: float = 0.5  # coverage: P(episode) ~ length * (times drawn + 1)^-coverage_alpha
     eval_episodes: int = 10
     log_interval: int = 1_000
     run_dir: str | None = None
@@ -66,6 +78,11 @@ class RunConfig:
             ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
             ("batch_size", self.batch_size % self.rollout_length == 0,
              f"a multiple of rollout_length ({self.rollout_length})"),
+            ("replay", self.replay in REPLAY_KINDS, f"one of {', '.join(REPLAY_KINDS)}"),
+            ("per_alpha", _finite(self.per_alpha) and self.per_alpha >= 0, ">= 0"),
+            ("per_beta", _finite(self.per_beta) and 0 <= self.per_beta <= 1, "in [0, 1]"),
+            ("per_eps", _finite(self.per_eps) and self.per_eps > 0, "> 0"),
+            ("coverage_alpha", _finite(self.coverage_alpha) and self.coverage_alpha >= 0, ">= 0"),
         ]
 
     def algo_checks(self) -> list[Check]:
@@ -133,6 +150,14 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
                    help="backprop steps per vector step (0.5: two vector steps per backprop step)")
     p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")
     p.add_argument("--prefetch", action="store_true", help="sample the next batch on a background thread")
+    p.add_argument("--replay", default=d.replay, choices=REPLAY_KINDS,
+                   help="how batches are drawn from the memory: uniformly, by TD-error priority, or by episode coverage")
+    p.add_argument("--per-alpha", type=float, default=d.per_alpha, help="prioritized replay: priority exponent")
+    p.add_argument("--per-beta", type=float, default=d.per_beta,
+                   help="prioritized replay: importance-weight exponent at the start (annealed to 1 over the run)")
+    p.add_argument("--per-eps", type=float, default=d.per_eps, help="prioritized replay: added to |TD error|")
+    p.add_argument("--coverage-alpha", type=float, default=d.coverage_alpha,
+                   help="coverage replay: P(episode) ~ length * (times drawn + 1)^-alpha")
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     p.add_argument("--log-interval", type=int, default=d.log_interval, help="env steps between progress lines")
     p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
