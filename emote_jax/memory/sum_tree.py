@@ -34,7 +34,9 @@ class SumTree:
 
     def leaves(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
         """The values of leaves ``idx`` (a copy)."""
-        return self.tree[self._leaf0:self._leaf0 + self.capacity][idx].copy()
+        if isinstance(idx, slice):
+            return self.tree[self._leaf0:self._leaf0 + self.capacity][idx].copy()
+        return self.tree.take(np.asarray(idx, np.int64) + self._leaf0)
 
     def set(self, idx: np.ndarray, values: np.ndarray) -> None:
         """Set leaves ``idx`` (N,) to ``values`` (N,) (>= 0, finite) and update their ancestors.
@@ -56,7 +58,8 @@ class SumTree:
         tree[node] = values
         for _ in range(self._depth):  # a repeated node is recomputed twice from the same children: harmless
             node >>= 1
-            tree[node] = tree[2 * node] + tree[2 * node + 1]
+            child = node << 1
+            tree[node] = tree.take(child) + tree.take(child + 1)
 
     def rebuild(self, values: np.ndarray) -> None:
         """Set every leaf at once from ``values`` (capacity,) and recompute all inner nodes (O(n))."""
@@ -85,12 +88,23 @@ class SumTree:
         if not self.tree[1] > 0:
             raise ValueError("SumTree.find: the tree is empty (total 0); nothing can be drawn")
         v = np.asarray(values, np.float64).reshape(-1).copy()
-        node = np.ones(v.shape, np.int64)
+        leaves = self._descend(v, careful=False)
+        bad = self.tree.take(leaves + self._leaf0) <= 0  # roundoff past the last positive leaf: rare
+        if bad.any():
+            leaves[bad] = self._descend(np.asarray(values, np.float64).reshape(-1)[bad], careful=True)
+        return leaves
+
+    def _descend(self, v: np.ndarray, careful: bool) -> np.ndarray:
+        """Walk from the root to a leaf for each v (modified in place). ``careful`` never steps into an
+        empty subtree (so never ends on a zero leaf), at the cost of one more gather per level."""
         tree = self.tree
+        node = np.ones(v.shape, np.int64)
         for _ in range(self._depth):
-            left = 2 * node
-            left_sum = tree[left]
-            right = (v >= left_sum) & (tree[left + 1] > 0)  # never step into an empty subtree
-            v -= np.where(right, left_sum, 0.0)
-            node = left + right
+            node <<= 1
+            left_sum = tree.take(node)
+            right = v >= left_sum
+            if careful:
+                right &= tree.take(node + 1) > 0
+            v -= left_sum * right
+            node += right
         return node - self._leaf0
