@@ -167,11 +167,11 @@ class DQNHParams:
     ``epsilon_end`` over the first ``epsilon_decay_steps`` env steps (:meth:`epsilon_schedule`).
     """
 
-    hidden_dims: tuple[int, ...] = (64, 64)
-    lr: float = 1e-3
+    hidden_dims: tuple[int, ...] = (256, 256)
+    lr: float = 5e-4
     gamma: float = 0.99
     tau: float = 1.0  # with target_update_interval: 1.0 is a hard copy
-    target_update_interval: int = 500
+    target_update_interval: int = 250
     reward_scale: float = 1.0
     double_dqn: bool = True
     loss: str = "huber"

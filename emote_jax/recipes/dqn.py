@@ -41,7 +41,7 @@ class DQNConfig(RunConfig):
     env_id: str = "CartPole-v1"
     env_steps: int = 50_000
     batch_size: int = 128
-    memory_size: int = 50_000
+    memory_size: int = 100_000
     warmup_steps: int = 1_000
     algo: str = "dqn"
     # DQN's hyperparameters, flat for the CLI and config.json; defaults and meaning: DQNHParams
@@ -84,7 +84,7 @@ class DQNConfig(RunConfig):
 
 def add_options(p: argparse._ArgumentGroup, d: DQNConfig) -> None:
     """The ``emote-jax train --algo dqn`` options of DQN's own fields."""
-    p.add_argument("--hidden", dest="hidden_dims", type=int_tuple, default=d.hidden_dims, help="e.g. 64,64")
+    p.add_argument("--hidden", dest="hidden_dims", type=int_tuple, default=d.hidden_dims, help="e.g. 256,256")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--gamma", type=float, default=d.gamma)
     p.add_argument("--tau", type=float, default=d.tau,
