@@ -99,7 +99,8 @@ def test_dqn_resume_in_a_new_process_equals_the_straight_run_exactly(tmp_path):
 
 
 TINY = ["--steps", "600", "--num-envs", "2", "--hidden", "8,8", "--batch-size", "32", "--warmup-steps", "100",
-        "--eval-episodes", "2", "--checkpoint-interval", "100", "--no-log-metrics", "--epsilon-decay-steps", "300"]
+        "--eval-episodes", "2", "--checkpoint-interval", "100", "--no-log-metrics", "--epsilon-decay-steps", "300",
+        "--eval-interval", "300"]
 
 
 def cli(capfd, *args) -> tuple[int, str, str]:
@@ -117,6 +118,9 @@ def test_cli_train_dqn_writes_a_run_dir_that_eval_and_resume_take(capfd, tmp_pat
     config, result = (json.loads((run_dir / f).read_text()) for f in ("config.json", "result.json"))
     assert config["algo"] == "dqn" and config["env_id"] == "CartPole-v1" and result["env_steps"] >= 600
     assert len(result["eval_returns"]) == 2 and all(r >= 1 for r in result["eval_returns"])
+    # evaluations during training at 300 and 600 env steps; the last one is of the final policy
+    assert [h[0] // 300 for h in result["eval_history"]] == [1, 2] and result["eval_history"][1][0] < 602
+    assert result["eval_history"][-1][1] == result["eval_mean_return"]
     status, out, err = cli(capfd, "eval", run_dir, "--episodes", "2")
     assert status == 0 and err == ""
     assert f"mean return {result['eval_mean_return']:.2f}" in out  # the same greedy episodes as after training

@@ -113,6 +113,7 @@ class Run:
     logger: MetricsLogger | None = None
     checkpointer: Checkpointer | None = None
     algo: Algorithm | None = None
+    periodic_eval: PeriodicEvaluation | None = None
 
 
 def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, resume: bool = False,
@@ -156,7 +157,9 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         if cfg.run_dir is not None and cfg.checkpoint_interval > 0:
             checkpointer = Checkpointer([*callbacks, collector], Path(cfg.run_dir) / "checkpoints",
                                         cfg.checkpoint_interval, keep=cfg.keep_checkpoints, memory=table)
-        host += [h for h in (progress, logger, checkpointer) if h is not None]
+        periodic = (PeriodicEvaluation(algo, cfg, collector, net, out)
+                    if cfg.eval_interval > 0 and cfg.eval_episodes > 0 else None)
+        host += [h for h in (progress, periodic, logger, checkpointer) if h is not None]
         if resume:
             if cfg.run_dir is None:
                 raise ValueError(f"resume needs {type(cfg).__name__}.run_dir (the checkpoints are in "
@@ -169,7 +172,7 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         env.close()
         raise
     return Run(cfg, trainer, collector, env, table, loader, net, progress, logger=logger,
-               checkpointer=checkpointer, algo=algo)
+               checkpointer=checkpointer, algo=algo, periodic_eval=periodic)
 
 
 def replay_sampler(cfg: RunConfig) -> Sampler:
@@ -236,6 +239,7 @@ def train_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
         "updates_per_s": bp_steps / train_s if train_s > 0 else None,
         "train_returns_last10": list(run.collector.episode_returns)[-10:],
+        "eval_history": [] if run.periodic_eval is None else [list(h) for h in run.periodic_eval.history],
         "interrupted_by": interrupted,
     }
     if out is not None and returns:
@@ -312,11 +316,46 @@ def env_action(algo: Algorithm, cfg: RunConfig, space: gymnasium.Space) -> Calla
     return lambda _space, a: actions.to_env(np.asarray(a)[None])[0]
 
 
-def evaluate(algo: Algorithm, cfg: RunConfig, net: Any, params: PyTree, episodes: int, seed: int) -> list[float]:
-    """Returns of ``episodes`` deterministic episodes (``algo.eval_policy``) on a fresh single env."""
-    act = jax.jit(algo.eval_policy(net))
+def evaluate(algo: Algorithm, cfg: RunConfig, net: Any, params: PyTree, episodes: int, seed: int,
+             act: Act | None = None) -> list[float]:
+    """Returns of ``episodes`` deterministic episodes (``algo.eval_policy``, or ``act``: the same policy
+    already jitted) on a fresh single env."""
+    act = act if act is not None else jax.jit(algo.eval_policy(net))
     env = single_env(cfg)
     try:
         return run_episodes(env, act, params, episodes, seed, env_action(algo, cfg, env.action_space))
     finally:
         env.close()
+
+
+class PeriodicEvaluation(HostCallback):
+    """Evaluates the deterministic policy during training, each time the collector passes another
+    ``cfg.eval_interval`` env steps: ``cfg.eval_episodes`` episodes on a fresh env with the seeds of the
+    evaluation at the end (``cfg.seed + 10000, ...``), so the numbers compare. ``history`` holds
+    ``(env_steps, mean return)``; a line goes to ``out``. It reads the state and draws from no RNG of the
+    run, so a run with it trains exactly as one without it.
+    """
+
+    def __init__(self, algo: Algorithm, cfg: RunConfig, collector: GymCollector, net: Any,
+                 out: TextIO | None = None, name: str = "periodic_evaluation"):
+        super().__init__(name=name, cycle=1, order=900)
+        self.algo, self.cfg, self.collector, self.net, self.out = algo, cfg, collector, net, out
+        self.history: list[tuple[int, float]] = []
+        self._act = jax.jit(algo.eval_policy(net))
+        self._done = 0  # evaluations due so far: env_steps // eval_interval when the last one ran
+
+    def begin_training(self, ctx: Context) -> None:
+        self._done = self.collector.env_steps // self.cfg.eval_interval  # a resumed run: none for steps before
+
+    def end_cycle(self, ctx: Context) -> None:
+        env_steps = self.collector.env_steps
+        if env_steps // self.cfg.eval_interval <= self._done:
+            return
+        self._done = env_steps // self.cfg.eval_interval
+        params = ctx.state[self.algo.params_slot]["params"]
+        returns = evaluate(self.algo, self.cfg, self.net, params, self.cfg.eval_episodes, self.cfg.seed + 10_000,
+                           act=self._act)
+        self.history.append((env_steps, float(np.mean(returns))))
+        if self.out is not None:
+            print(f"evaluation at {env_steps} env steps: mean return {self.history[-1][1]:.1f} over "
+                  f"{len(returns)} deterministic episodes", file=self.out, flush=True)

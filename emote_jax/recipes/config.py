@@ -52,6 +52,7 @@ class RunConfig:
     per_eps: float = 1e-6
     coverage_alpha: float = 0.5  # coverage: P(episode) ~ length * (times drawn + 1)^-coverage_alpha
     eval_episodes: int = 10
+    eval_interval: int = 0  # env steps between evaluations during training (0: only the one at the end)
     log_interval: int = 1_000
     run_dir: str | None = None
     log_metrics: bool = True  # TensorBoard, metrics.csv, episodes.csv, learning_curve.png in run_dir
@@ -73,6 +74,7 @@ class RunConfig:
              f"< --steps ({self.env_steps}): otherwise the warm-up takes the whole budget and nothing is trained"),
             ("bp_steps_per_env_step", self.bp_steps_per_env_step > 0, "> 0"),
             ("steps_per_call", self.steps_per_call >= 1, ">= 1"), ("eval_episodes", self.eval_episodes >= 0, ">= 0"),
+            ("eval_interval", self.eval_interval >= 0, ">= 0 (env steps; 0: evaluate only at the end)"),
             ("log_interval", self.log_interval > 0, "> 0"), ("metrics_interval", self.metrics_interval > 0, "> 0"),
             ("checkpoint_interval", self.checkpoint_interval >= 0, ">= 0"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
@@ -159,6 +161,9 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--coverage-alpha", type=float, default=d.coverage_alpha,
                    help="coverage replay: P(episode) ~ length * (times drawn + 1)^-alpha")
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
+    p.add_argument("--eval-interval", type=int, default=d.eval_interval,
+                   help="also evaluate --eval-episodes deterministic episodes every N env steps during training "
+                        "(result.json's eval_history; 0: only at the end)")
     p.add_argument("--log-interval", type=int, default=d.log_interval, help="env steps between progress lines")
     p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
     p.add_argument("--no-log-metrics", dest="log_metrics", action="store_false",
