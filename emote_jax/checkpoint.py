@@ -147,6 +147,14 @@ def decode_host_state(value: Any, path: str = "") -> Any:
     return value
 
 
+def _saveable(arr: np.ndarray, path: str) -> bool:
+    """Whether a float leaf may be checkpointed: finite, or, for a hyperparameter (a ``/hparams/`` path),
+    an infinite bound (``max_grad_norm=inf``: no clipping; ``max_alpha=inf``: no cap); NaN never."""
+    if "/hparams/" in f"/{path}/":
+        return not np.isnan(arr).any()
+    return bool(np.isfinite(arr).all())
+
+
 def _has_host_state(cb: Any) -> bool:
     return callable(getattr(cb, "host_state_dict", None)) and callable(getattr(cb, "load_host_state_dict", None))
 
@@ -636,7 +644,7 @@ class Checkpointer(HostCallback):
         flat = _flat(jax.device_get(tree))
         for path, leaf in flat.items():
             arr = np.asarray(leaf)
-            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            if arr.dtype.kind in "fc" and not _saveable(arr, path):
                 raise NonFiniteError(path.split("/")[0], step, f"a non-finite value in its state ({path})")
         meta = {
             "format": CHECKPOINT_FORMAT,

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from emote_jax.algorithms.hl_gauss import HLGaussQNet, HLGaussSupport, hl_gauss_q_loss
+from emote_jax.algorithms.importance import weighted_mse
 from emote_jax.algorithms.nstep import discount, gamma_matrix  # noqa: F401  (gamma_matrix: its old home)
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
-from emote_jax.algorithms.importance import weighted_mse
 from emote_jax.loss import LossCallback
 from emote_jax.networks.sac import GaussianPolicy, QNet, sample_action
 
@@ -64,6 +65,16 @@ class QLoss(LossCallback):
             loss, td_error = weighted_mse(q, target, batch["weights"])
             return loss, {"q_mean": q.mean(), "td_error": td_error}
         return jnp.mean((q - target) ** 2), {"q_mean": q.mean()}
+
+
+class HLGaussQLoss(QLoss):
+    """Cross-entropy of an :class:`~emote_jax.algorithms.hl_gauss.HLGaussQNet`'s histogram against the
+    HL-Gauss histogram of the clamped ``q_target`` (the reference's ``emote.algorithms.hlgauss.QLoss``)."""
+
+    def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        batch = ctx.batch[self.data_group]
+        return hl_gauss_q_loss(self.network, params, _obs(batch, "observation", self.obs_key), batch["actions"],
+                               batch["q_target"], batch.get("weights"))
 
 
 class QTarget(Callback):
@@ -276,6 +287,24 @@ class SACHParams:
     max_alpha: float = 0.2
     target_entropy: float | Schedule | None = None
     max_grad_norm: float = 10.0
+    # the critics: "mse" (the reference's SAC) or "hl-gauss" (HLGaussQNet over num_bins bins on [v_min, v_max])
+    critic: str = "mse"
+    num_bins: int = 101
+    v_min: float | None = None
+    v_max: float | None = None
+    hl_sigma_ratio: float = 0.75
+
+    def q_network(self) -> QNet | HLGaussQNet:
+        """The critics' network: a :class:`QNet`, or with ``critic="hl-gauss"`` an :class:`HLGaussQNet`."""
+        dims = tuple(self.q_hidden_dims or self.hidden_dims)
+        if self.critic == "mse":
+            return QNet(dims)
+        if self.critic == "hl-gauss":
+            if self.v_min is None or self.v_max is None:
+                raise ValueError(f"critic='hl-gauss' needs v_min and v_max (the range of Q values), got "
+                                 f"v_min={self.v_min}, v_max={self.v_max}")
+            return HLGaussQNet(HLGaussSupport(self.v_min, self.v_max, self.num_bins, self.hl_sigma_ratio), dims)
+        raise ValueError(f"critic: expected 'mse' or 'hl-gauss', got {self.critic!r}")
 
 
 def make_sac_callbacks(
@@ -302,7 +331,8 @@ def make_sac_callbacks(
     hp = dataclasses.replace(hp or SACHParams(), **hparams)
     if obs_dim < 1 or n_actions < 1:
         raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
-    q_net = QNet(tuple(hp.q_hidden_dims or hp.hidden_dims))
+    q_net = hp.q_network()
+    q_loss = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
     policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims))
     k1, k2, k3 = jax.random.split(key, 3)
     obs0, act0 = jnp.zeros((1, obs_dim)), jnp.zeros((1, n_actions))
@@ -313,8 +343,8 @@ def make_sac_callbacks(
                        obs_key=obs_key, data_group=data_group)
     q_target.init_targets(q1_params, q2_params)
     callbacks: list[Callback] = [
-        QLoss(name="q1", q=q_net, params=q1_params, lr=hp.lr_q, **common),
-        QLoss(name="q2", q=q_net, params=q2_params, lr=hp.lr_q, **common),
+        q_loss(name="q1", q=q_net, params=q1_params, lr=hp.lr_q, **common),
+        q_loss(name="q2", q=q_net, params=q2_params, lr=hp.lr_q, **common),
         PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=hp.lr_policy, **common),
         AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=hp.initial_alpha, max_alpha=hp.max_alpha,
                   target_entropy=hp.target_entropy, lr=hp.lr_alpha, **common),

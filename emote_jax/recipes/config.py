@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -103,7 +104,20 @@ class RunConfig:
 
 
 #: Option names of ``emote-jax train`` that are not ``--`` + the field name with dashes.
-_CLI_OPTIONS = {"env_id": "--env", "env_steps": "--steps", "hidden_dims": "--hidden", "act_on_host": "--act-on-device"}
+_CLI_OPTIONS = {"env_id": "--env", "env_steps": "--steps", "hidden_dims": "--hidden", "act_on_host": "--act-on-device",
+                "num_bins": "--bins", "q_hidden_dims": "--q-hidden",
+                "random_warmup": "--no-random-warmup", "log_metrics": "--no-log-metrics"}
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """``'{"g": 9.81}'`` -> ``{"g": 9.81}``: a JSON object on the command line (``--env-kwargs``)."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"g\": 9.81}}', got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"g\": 9.81}}', got {type(value).__name__} {text!r}")
+    return value
 
 
 def cli_option(field_name: str) -> str:
@@ -148,6 +162,10 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
     p.add_argument("--memory-size", type=int, default=d.memory_size)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="random-action env steps first")
+    p.add_argument("--no-random-warmup", dest="random_warmup", action="store_false",
+                   help="the warm-up acts with the (untrained) policy instead of uniform random actions")
+    p.add_argument("--env-kwargs", type=json_object, default=d.env_kwargs, metavar="JSON",
+                   help='keyword arguments of gymnasium.make, e.g. \'{"g": 9.81}\'')
     p.add_argument("--bp-steps-per-env-step", type=float, default=d.bp_steps_per_env_step,
                    help="backprop steps per vector step (0.5: two vector steps per backprop step)")
     p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")

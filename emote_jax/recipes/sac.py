@@ -48,6 +48,11 @@ class SACConfig(RunConfig):
     initial_alpha: float = _HP.initial_alpha
     max_alpha: float = _HP.max_alpha
     max_grad_norm: float = _HP.max_grad_norm
+    critic: str = _HP.critic
+    num_bins: int = _HP.num_bins
+    v_min: float | None = _HP.v_min
+    v_max: float | None = _HP.v_max
+    hl_sigma_ratio: float = _HP.hl_sigma_ratio
 
     def hparams(self) -> SACHParams:
         """The :class:`~emote_jax.algorithms.sac.SACHParams` these settings give (the rest: its defaults)."""
@@ -62,19 +67,55 @@ class SACConfig(RunConfig):
             ("lr_q", self.lr_q > 0, "> 0"), ("lr_policy", self.lr_policy > 0, "> 0"),
             ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
             ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
+            *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
         ]
+
+
+#: The critics ``--critic`` offers: the reference's SAC critics (MSE), or HL-Gauss histograms.
+CRITICS = ("mse", "hl-gauss")
+
+
+def hl_gauss_checks(cfg: Any) -> list[Check]:
+    """The checks of an HL-Gauss critic's fields (``v_min``, ``v_max``, ``num_bins``, ``hl_sigma_ratio``)."""
+    lo, hi = cfg.v_min, cfg.v_max
+    need = "a number: --critic hl-gauss needs the range of Q values (--v-min, --v-max; e.g. -1700 and 0 for Pendulum-v1)"
+    return [
+        ("v_min", lo is not None and np.isfinite(lo), need), ("v_max", hi is not None and np.isfinite(hi), need),
+        ("v_max", lo is None or hi is None or hi > lo, f"> --v-min ({lo})"),
+        ("num_bins", isinstance(cfg.num_bins, int) and cfg.num_bins >= 2, "an int >= 2"),
+        ("hl_sigma_ratio", cfg.hl_sigma_ratio > 0, "> 0 (the Gaussian's standard deviation in bin widths)"),
+    ]
+
+
+def add_critic_options(p: argparse._ArgumentGroup, d: Any) -> None:
+    """``--critic {mse,hl-gauss} --bins --v-min --v-max --hl-sigma-ratio``: the critic's kind and bins."""
+    p.add_argument("--critic", choices=CRITICS, default=d.critic,
+                   help="mse: the reference's critics; hl-gauss: Q as a histogram over --bins bins on [--v-min, --v-max], "
+                        "trained by cross-entropy (default: %(default)s)")
+    p.add_argument("--bins", dest="num_bins", type=int, default=d.num_bins, help="HL-Gauss bins (default: %(default)s)")
+    p.add_argument("--v-min", type=float, default=d.v_min, help="HL-Gauss: the lowest Q value (scaled rewards)")
+    p.add_argument("--v-max", type=float, default=d.v_max, help="HL-Gauss: the highest Q value (scaled rewards)")
+    p.add_argument("--hl-sigma-ratio", type=float, default=d.hl_sigma_ratio,
+                   help="HL-Gauss: the Gaussian's standard deviation in bin widths (default: %(default)s)")
 
 
 def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
     """The ``emote-jax train --algo sac`` options of SAC's own fields."""
     p.add_argument("--hidden", dest="hidden_dims", type=int_tuple, default=d.hidden_dims, help="e.g. 256,256")
+    p.add_argument("--q-hidden", dest="q_hidden_dims", type=int_tuple, default=d.q_hidden_dims,
+                   help="the critics' layer sizes, e.g. 512,512 (default: --hidden)")
     p.add_argument("--lr-q", type=float, default=d.lr_q)
     p.add_argument("--lr-policy", type=float, default=d.lr_policy)
     p.add_argument("--lr-alpha", type=float, default=d.lr_alpha)
     p.add_argument("--gamma", type=float, default=d.gamma)
     p.add_argument("--tau", type=float, default=d.tau)
     p.add_argument("--reward-scale", type=float, default=d.reward_scale)
-    p.add_argument("--max-alpha", type=float, default=d.max_alpha)
+    p.add_argument("--initial-alpha", type=float, default=d.initial_alpha, help="the entropy weight at the start")
+    p.add_argument("--max-alpha", type=float, default=d.max_alpha, help="alpha is clamped to at most this ('inf': never)")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
+                   help="every loss clips its gradient to this global norm ('inf': no clipping)")
+    add_critic_options(p, d)
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
