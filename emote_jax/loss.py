@@ -2,7 +2,8 @@
 
 The device-side ``backward`` is the reference's: compute the loss, its gradients, clip the global norm
 (default 10), take an optimizer step (the learning-rate schedule steps with it). It logs the loss, the
-learning rate and the gradient norm (before clipping).
+learning rate this step's update used (``inject_hyperparams`` evaluates the schedule at the step's count
+and keeps the value in the new state) and the gradient norm (before clipping).
 
 Hyperparameters live in the optimizer state through ``optax.inject_hyperparams``, so changing the
 learning rate (or the clipping norm, or any optimizer keyword) mid-run changes an array, not the
@@ -164,7 +165,7 @@ class LossCallback(Callback):
         if per_sample:  # e.g. QLoss's td_error for prioritized replay (see Context.log_samples)
             ctx = ctx.log_samples(**per_sample)
         return ctx.log_dict(
-            {"loss": loss, "lr": slot["opt_state"].hyperparams["learning_rate"], "grad_norm": grad_norm, **aux,
+            {"loss": loss, "lr": opt_state.hyperparams["learning_rate"], "grad_norm": grad_norm, **aux,
              NONFINITE_SUFFIX[1:]: 1.0 - finite.astype(jnp.float32)},
             prefix=f"{self.name}/",
         )

@@ -281,7 +281,9 @@ class Trainer:
         index in ``self._layouts``: the key is part of the output's structure, so every compiled
         version of this function names its own layout."""
         self.num_compilations += 1  # runs only while tracing, i.e. once per compilation
-        (state, key), metrics = jax.lax.scan(self._one_step, (state, key), batches)
+        # a batch without arrays (a loss of the parameters alone) has no axis to count the K steps by
+        length = None if jax.tree.leaves(batches) else self.steps_per_call
+        (state, key), metrics = jax.lax.scan(self._one_step, (state, key), batches, length=length)
         layout = _MetricsLayout(metrics)
         self._layouts.append(layout)
         return state, key, {len(self._layouts) - 1: layout.pack(metrics)}

@@ -18,3 +18,14 @@ def test_default_sac_solves_pendulum_in_15k_env_steps(seed, tmp_path):
     result = train_sac(cfg, out=None)
     assert result["env_steps"] >= 15_000
     assert result["eval_mean_return"] >= -250.0, result["eval_returns"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sac_with_hl_gauss_critics_solves_pendulum_in_15k_env_steps(seed, tmp_path):
+    """The default config with HL-Gauss critics: 101 bins over [-1700, 100] (Pendulum's returns lie in
+    [-1627, 0]; the margin above 0 holds the entropy bonus of the soft values)."""
+    cfg = SACConfig(seed=seed, run_dir=str(tmp_path / f"seed{seed}"), critic="hl-gauss", v_min=-1700.0, v_max=100.0)
+    result = train_sac(cfg, out=None)
+    assert result["env_steps"] >= 15_000
+    assert result["eval_mean_return"] >= -250.0, result["eval_returns"]

@@ -20,7 +20,7 @@ treats truncation as termination; that is a bug we do not reproduce).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +36,20 @@ from emote_jax.algorithms.nstep import discount, gamma_matrix  # noqa: F401  (ga
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
 from emote_jax.loss import LossCallback
+from emote_jax.networks.encoders import EncodedPolicy, ObsSpec, encoded_sac_networks, example_obs
 from emote_jax.networks.sac import GaussianPolicy, QNet, sample_action
 
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-def _obs(batch: PyTree, key: str, obs_key: str) -> jax.Array:
-    return batch[key][obs_key]
+def _obs(batch: PyTree, key: str, obs_key: str | None) -> jax.Array | dict[str, jax.Array]:
+    """``batch[key][obs_key]``; ``obs_key=None``: the whole observation dict (Dict observations)."""
+    return batch[key] if obs_key is None else batch[key][obs_key]
+
+
+def _rows(obs: jax.Array | dict[str, jax.Array]) -> int:
+    """The leading (batch) size of an observation array or dict."""
+    return jax.tree.leaves(obs)[0].shape[0]
 
 
 def _ln_alpha(ctx: Context, alpha_name: str) -> jax.Array:
@@ -53,7 +60,7 @@ class QLoss(LossCallback):
     """Mean squared error of ``Q(obs, a)`` against ``q_target`` written by :class:`QTarget`; with ``weights``
     in the batch (prioritized replay) importance-weighted, and it reports the per-window ``td_error``."""
 
-    def __init__(self, *, name: str, q: Any, params: PyTree, lr: float = 3e-4, obs_key: str = "obs", **kw: Any):
+    def __init__(self, *, name: str, q: Any, params: PyTree, lr: float = 3e-4, obs_key: str | None = "obs", **kw: Any):
         super().__init__(name=name, network=q, params=params, lr=lr, **kw)
         self.obs_key = obs_key
 
@@ -100,7 +107,7 @@ class QTarget(Callback):
         gamma: float = 0.99,
         tau: float = 0.005,
         reward_scale: float = 1.0,
-        obs_key: str = "obs",
+        obs_key: str | None = "obs",
         data_group: str = "default",
         name: str = "q_target",
         order: int = 1,
@@ -130,8 +137,8 @@ class QTarget(Callback):
         hp = slot["hparams"]
         batch = ctx.batch[self.data_group]
         next_obs = _obs(batch, "next_observation", self.obs_key)
-        n_rollouts = next_obs.shape[0]
-        rows = _obs(batch, "observation", self.obs_key).shape[0]
+        n_rollouts = _rows(next_obs)
+        rows = _rows(_obs(batch, "observation", self.obs_key))
         if rows % n_rollouts:
             raise ValueError(
                 f"{self.name}: batch has {rows} observation rows for {n_rollouts} next observations; expected "
@@ -162,7 +169,8 @@ class QTarget(Callback):
 
 
 class PolicyLoss(LossCallback):
-    """``mean(alpha * logp - min(Q1, Q2)(obs, a~pi))``; alpha is not differentiated."""
+    """``mean(alpha * logp - min(Q1, Q2)(obs, a~pi))``, or with ``q2=None`` ``Q1`` alone (the reference's
+    default); alpha is not differentiated."""
 
     def __init__(
         self,
@@ -174,7 +182,7 @@ class PolicyLoss(LossCallback):
         q2: str | None = "q2",
         alpha: str = "alpha",
         lr: float = 3e-4,
-        obs_key: str = "obs",
+        obs_key: str | None = "obs",
         name: str = "policy",
         **kw: Any,
     ):
@@ -199,7 +207,9 @@ class AlphaLoss(LossCallback):
     pushed through the updated parameters. The reference draws independent noise for the two; both
     give unbiased estimates, and sharing it saves a PRNG call per step.
 
-    After each step ``ln_alpha`` is clamped so that ``alpha <= max_alpha``. The slot's params are
+    After each step ``ln_alpha`` is clamped so that ``alpha <= max_alpha``; the first step uses
+    ``initial_alpha`` as given (the reference's ``ln_alpha``, clamped in ``end_batch``), so an
+    ``initial_alpha`` above ``max_alpha`` weighs the entropy of step 1 only. The slot's params are
     ``{"ln_alpha": ()}``; ``target_entropy`` (default ``-n_actions``) is a hyperparameter in the slot,
     or a schedule ``count -> value`` over this loss's optimizer steps.
     """
@@ -216,11 +226,11 @@ class AlphaLoss(LossCallback):
         max_alpha: float = 0.2,
         target_entropy: float | Schedule | None = None,
         lr: float = 3e-4,
-        obs_key: str = "obs",
+        obs_key: str | None = "obs",
         name: str = "alpha",
         **kw: Any,
     ):
-        ln_alpha = jnp.asarray(min(np.log(initial_alpha), np.log(max_alpha)), jnp.float32)
+        ln_alpha = jnp.asarray(np.log(initial_alpha), jnp.float32)  # clamped after each step, as the reference
         super().__init__(name=name, params={"ln_alpha": ln_alpha}, lr=lr, **kw)
         self.policy, self.policy_name, self.obs_key = policy, policy_loss, obs_key
         self.target_entropy = -float(n_actions) if target_entropy is None else target_entropy
@@ -287,6 +297,8 @@ class SACHParams:
     max_alpha: float = 0.2
     target_entropy: float | Schedule | None = None
     max_grad_norm: float = 10.0
+    # the Q of the policy loss: "min" = min(Q1, Q2) (SAC's paper, sbx, SB3), "q1" = Q1 only (the reference's default)
+    policy_q: str = "min"
     # the critics: "mse" (the reference's SAC) or "hl-gauss" (HLGaussQNet over num_bins bins on [v_min, v_max])
     critic: str = "mse"
     num_bins: int = 101
@@ -309,33 +321,45 @@ class SACHParams:
 
 def make_sac_callbacks(
     *,
-    obs_dim: int,
+    obs_dim: int | ObsSpec,
     n_actions: int,
     key: jax.Array,
     hp: SACHParams | None = None,
-    obs_key: str = "obs",
+    obs_key: str | None = "obs",
     data_group: str = "default",
     **hparams: Any,
-) -> tuple[list[Callback], GaussianPolicy]:
+) -> tuple[list[Callback], GaussianPolicy | EncodedPolicy]:
     """The standard SAC callback list ``[q1, q2, policy, alpha, q_target]`` and the policy network.
 
     Hyperparameters come from ``hp`` (default :class:`SACHParams()`), with any of its fields overridden by
     keyword (``make_sac_callbacks(..., hidden_dims=(64, 64), gamma=0.9)``).
     Networks are the reference's (:mod:`emote_jax.networks.sac`); parameters are initialised from ``key``.
     Slot names: "q1", "q2", "policy", "alpha", "q_target".
+
+    ``obs_dim`` an :data:`~emote_jax.networks.encoders.ObsSpec` (``{key: (shape, dtype)}``): Dict
+    observations; the networks get per-key encoders in front of their trunks
+    (:func:`~emote_jax.networks.encoders.encoded_sac_networks`) and take the whole observation dict.
     """
     unknown = sorted(set(hparams) - {f.name for f in dataclasses.fields(SACHParams)})
     if unknown:
         raise TypeError(f"make_sac_callbacks got unexpected keyword(s) {unknown}; expected SACHParams fields "
                         f"{[f.name for f in dataclasses.fields(SACHParams)]}, obs_key or data_group")
     hp = dataclasses.replace(hp or SACHParams(), **hparams)
-    if obs_dim < 1 or n_actions < 1:
+    dict_obs = isinstance(obs_dim, Mapping)
+    if (not dict_obs and obs_dim < 1) or n_actions < 1:
         raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
+    if hp.policy_q not in ("min", "q1"):
+        raise ValueError(f"policy_q: expected 'min' (min(Q1, Q2)) or 'q1' (Q1 only), got {hp.policy_q!r}")
     q_net = hp.q_network()
     q_loss = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
     policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims))
+    if dict_obs:  # per-key encoders in front of the trunks; the losses take the observation dict
+        if hp.critic != "mse":
+            raise ValueError(f"critic={hp.critic!r} takes flat Box observations; Dict observations need critic='mse'")
+        policy_net, q_net = encoded_sac_networks(obs_dim, policy_net, q_net)
+        obs_key = None
     k1, k2, k3 = jax.random.split(key, 3)
-    obs0, act0 = jnp.zeros((1, obs_dim)), jnp.zeros((1, n_actions))
+    obs0, act0 = example_obs(obs_dim), jnp.zeros((1, n_actions))
     q1_params, q2_params = q_net.init(k1, obs0, act0), q_net.init(k2, obs0, act0)
     policy_params = policy_net.init(k3, obs0)
     common = dict(obs_key=obs_key, data_group=data_group, max_grad_norm=hp.max_grad_norm)
@@ -345,7 +369,8 @@ def make_sac_callbacks(
     callbacks: list[Callback] = [
         q_loss(name="q1", q=q_net, params=q1_params, lr=hp.lr_q, **common),
         q_loss(name="q2", q=q_net, params=q2_params, lr=hp.lr_q, **common),
-        PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=hp.lr_policy, **common),
+        PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=hp.lr_policy,
+                   q2=None if hp.policy_q == "q1" else "q2", **common),
         AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=hp.initial_alpha, max_alpha=hp.max_alpha,
                   target_entropy=hp.target_entropy, lr=hp.lr_alpha, **common),
         q_target,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -20,7 +20,9 @@ import numpy as np
 from emote_jax.algorithms.sac import SACHParams, make_sac_callbacks
 from emote_jax.callback import Callback, HostCallback
 from emote_jax.errors import ConfigError, UnsupportedSpaceError
-from emote_jax.networks.host import GaussianHostPolicy
+from emote_jax.collectors.spaces import obs_dtypes
+from emote_jax.networks.encoders import EncodedPolicy, ObsSpec, encoded_policy, obs_kind
+from emote_jax.networks.host import EncodedGaussianHostPolicy, GaussianHostPolicy
 from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
 from emote_jax.recipes import common
 from emote_jax.recipes.common import Algorithm, Run, box_actions
@@ -48,6 +50,7 @@ class SACConfig(RunConfig):
     initial_alpha: float = _HP.initial_alpha
     max_alpha: float = _HP.max_alpha
     max_grad_norm: float = _HP.max_grad_norm
+    policy_q: str = _HP.policy_q
     critic: str = _HP.critic
     num_bins: int = _HP.num_bins
     v_min: float | None = _HP.v_min
@@ -67,6 +70,7 @@ class SACConfig(RunConfig):
             ("lr_q", self.lr_q > 0, "> 0"), ("lr_policy", self.lr_policy > 0, "> 0"),
             ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
             ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("policy_q", self.policy_q in ("min", "q1"), "'min' (min(Q1, Q2)) or 'q1' (Q1 only)"),
             ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
             *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
         ]
@@ -115,6 +119,8 @@ def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
     p.add_argument("--max-alpha", type=float, default=d.max_alpha, help="alpha is clamped to at most this ('inf': never)")
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
                    help="every loss clips its gradient to this global norm ('inf': no clipping)")
+    p.add_argument("--policy-q", choices=("min", "q1"), default=d.policy_q,
+                   help="the Q the policy maximises: min(Q1, Q2), or Q1 only (the reference's default)")
     add_critic_options(p, d)
 
 
@@ -132,35 +138,67 @@ def int_tuple(text: str) -> tuple[int, ...]:
 # ---- spaces and networks ---------------------------------------------------------------------------------
 
 
-def check_space_pair(obs_space: gymnasium.Space, act_space: gymnasium.Space, name: str) -> tuple[int, int]:
-    """``(obs_dim, n_actions)`` of a flat Box observation and a bounded Box action space, or a clear error."""
+def check_space_pair(obs_space: gymnasium.Space, act_space: gymnasium.Space,
+                     name: str) -> tuple[int | ObsSpec, int]:
+    """``(obs_dim, n_actions)`` of a flat Box observation and a bounded Box action space, or a clear error.
+
+    A Dict observation gives its :data:`~emote_jax.networks.encoders.ObsSpec` ``{key: (shape, dtype)}`` for
+    ``obs_dim``: each key a rank-1 Box (a vector) or a rank-3 uint8 Box (an image, channels last).
+    """
     if not isinstance(act_space, gymnasium.spaces.Box):
         raise UnsupportedSpaceError(f"--env {name}: SAC needs a continuous Box action space, got {act_space!r} "
                                     "(--algo dqn takes Discrete actions)", "--env")
     if not (np.all(np.isfinite(act_space.low)) and np.all(np.isfinite(act_space.high))):
         raise ConfigError(f"--env {name}: SAC needs finite action bounds to rescale its [-1, 1] actions, got "
                           f"low={act_space.low}, high={act_space.high}", "--env")
+    n_actions = int(np.prod(act_space.shape))
+    if isinstance(obs_space, gymnasium.spaces.Dict):
+        return dict_obs_spec(obs_space, name), n_actions
     if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
-        raise UnsupportedSpaceError(f"--env {name}: the default SAC networks take a flat Box observation (obs_dim,), "
-                                    f"got {obs_space!r}", "--env")
-    return int(obs_space.shape[0]), int(np.prod(act_space.shape))
+        raise UnsupportedSpaceError(f"--env {name}: the default SAC networks take a flat Box observation (obs_dim,) "
+                                    f"or a Dict of Boxes, got {obs_space!r}", "--env")
+    return int(obs_space.shape[0]), n_actions
 
 
-def check_spaces(env: gymnasium.vector.VectorEnv, env_id: str | None = None) -> tuple[int, int]:
-    """``(obs_dim, n_actions)`` of a flat Box-observation, Box-action vector env, or a clear error."""
+def dict_obs_spec(space: gymnasium.spaces.Dict, name: str) -> ObsSpec:
+    """``{key: (shape, dtype)}`` of a Dict observation space whose keys SAC's encoders take, or an
+    UnsupportedSpaceError naming the first key that is not a vector Box or a uint8 image Box."""
+    if not space.spaces:
+        raise UnsupportedSpaceError(f"--env {name}: the Dict observation space has no keys", "--env")
+    for key, sub in space.spaces.items():
+        why = None
+        if not isinstance(sub, gymnasium.spaces.Box):
+            why = f"is {sub!r}, not a Box"
+        elif obs_kind(sub.shape, sub.dtype) is None:
+            why = (f"is a Box of shape {sub.shape} and dtype {sub.dtype}; expected a vector (rank 1) or a uint8 "
+                   "image (H, W, C)")
+        if why is not None:
+            raise UnsupportedSpaceError(f"--env {name}: observation key {key!r} {why}; leave it out with --obs-keys "
+                                        f"(the keys: {','.join(space.spaces)})", "--obs-keys")
+    dtypes = obs_dtypes(space)
+    return {k: (tuple(int(n) for n in s.shape), dtypes[k]) for k, s in space.spaces.items()}
+
+
+def check_spaces(env: gymnasium.vector.VectorEnv, env_id: str | None = None) -> tuple[int | ObsSpec, int]:
+    """``(obs_dim, n_actions)`` of a flat Box- (or Dict-) observation, Box-action vector env, or a clear error."""
     name = env_id or (env.spec.id if env.spec else "the env")
     return check_space_pair(env.single_observation_space, env.single_action_space, name)
 
 
-def make_callbacks(cfg: SACConfig, obs_dim: int, n_actions: int, key: jax.Array) -> tuple[list[Callback], GaussianPolicy]:
-    """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg``."""
+def make_callbacks(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int,
+                   key: jax.Array) -> tuple[list[Callback], GaussianPolicy | EncodedPolicy]:
+    """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg`` (an
+    :class:`~emote_jax.networks.encoders.EncodedPolicy` for Dict observations)."""
+    if isinstance(obs_dim, Mapping) and cfg.critic != "mse":
+        raise ConfigError(f"--critic {cfg.critic}: takes flat Box observations; {cfg.env_id}'s are a Dict "
+                          "(use --critic mse)", "--critic")
     return make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=key, hp=cfg.hparams())
 
 
-def make_net(cfg: SACConfig, obs_dim: int, n_actions: int) -> GaussianPolicy:
+def make_net(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int) -> GaussianPolicy | EncodedPolicy:
     """The policy network of a SAC run (what ``policy/`` holds the parameters of)."""
-    del obs_dim
-    return GaussianPolicy(n_actions, tuple(cfg.hidden_dims))
+    policy = GaussianPolicy(n_actions, tuple(cfg.hidden_dims))
+    return encoded_policy(obs_dim, policy) if isinstance(obs_dim, Mapping) else policy
 
 
 # ---- acting ----------------------------------------------------------------------------------------------
@@ -176,9 +214,16 @@ def policy_act(policy_net: GaussianPolicy, deterministic: bool = False) -> Calla
     return act
 
 
-def collector_policy(policy_net: GaussianPolicy, on_host: bool = True) -> GaussianHostPolicy | Callable[..., jax.Array]:
+def collector_policy(policy_net: GaussianPolicy | EncodedPolicy,
+                     on_host: bool = True) -> GaussianHostPolicy | Callable[..., jax.Array]:
     """The policy a collector acts with: the NumPy mirror of ``policy_net`` (``on_host``), or the jitted
-    :func:`policy_act`. Same distribution; the host one saves a device round trip per env step."""
+    :func:`policy_act`. Same distribution; the host one saves a device round trip per env step.
+
+    Dict observations: a NumPy mirror when the encoder has no parameters (vectors only, concatenated),
+    otherwise (images) always the jitted policy: the encoder's convolutions are not mirrored."""
+    if isinstance(policy_net, EncodedPolicy):
+        on_host = on_host and not policy_net.encoder.has_params
+        return EncodedGaussianHostPolicy(policy_net) if on_host else policy_act(policy_net)
     return GaussianHostPolicy(policy_net) if on_host else policy_act(policy_net)
 
 
