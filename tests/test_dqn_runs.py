@@ -24,7 +24,7 @@ N = 30
 # schedule position that comes from the checkpoint; the target is copied every 7 steps, in both halves
 CFG = dict(num_envs=2, hidden_dims=(8, 8), batch_size=32, memory_size=300, warmup_steps=100, steps_per_call=2,
            seed=3, env_steps=10**6, log_metrics=False, eval_episodes=0, checkpoint_interval=N,
-           target_update_interval=7, epsilon_decay_steps=260)
+           tau=1.0, target_update_interval=7, epsilon_decay_steps=260)
 
 RESUME = """
 import json, sys

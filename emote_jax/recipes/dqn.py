@@ -35,14 +35,16 @@ _HP = DQNHParams()
 @dataclass
 class DQNConfig(RunConfig):
     """Everything ``emote-jax train --algo dqn`` can set. Defaults: DQN on CartPole-v1, 50k env steps,
-    one update per env step (the README's numbers). The run settings are RunConfig's (with DQN's defaults
-    for env, budget, batch, memory and an evaluation every 5k env steps); these are DQN's."""
+    one update per two env steps (the README's numbers). The run settings are RunConfig's (with DQN's
+    defaults for env, budget, batch, memory, update ratio and an evaluation every 5k env steps); these are
+    DQN's."""
 
     env_id: str = "CartPole-v1"
     env_steps: int = 50_000
-    batch_size: int = 128
+    batch_size: int = 64
     memory_size: int = 100_000
     warmup_steps: int = 1_000
+    bp_steps_per_env_step: float = 0.5
     eval_interval: int = 5_000
     algo: str = "dqn"
     # DQN's hyperparameters, flat for the CLI and config.json; defaults and meaning: DQNHParams
