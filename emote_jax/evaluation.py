@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emote_jax.context import PyTree
+from emote_jax.networks.encoders import example_obs
 from emote_jax.recipes import algo_of, config_from_json, get_algorithm
 from emote_jax.recipes.common import POLICY_DIR, Act, Algorithm, env_action, run_episodes, save_policy
 from emote_jax.recipes.envs import single_env
@@ -69,7 +70,7 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
     cfg = config_from_json(data)
     obs_dim, n_actions = _spaces(algo, cfg)
     policy_net = algo.make_net(cfg, obs_dim, n_actions)
-    abstract = jax.eval_shape(policy_net.init, jax.random.key(0), jnp.zeros((1, obs_dim), jnp.float32))
+    abstract = jax.eval_shape(policy_net.init, jax.random.key(0), example_obs(obs_dim))
     what = (f"the policy saved in {policy_path} does not fit the network built from {config_path} "
             f"(obs_dim={obs_dim}, n_actions={n_actions}"
             + (f", hidden_dims={tuple(cfg.hidden_dims)})" if hasattr(cfg, "hidden_dims") else ")"))

@@ -60,6 +60,7 @@ from emote_jax.collectors.spaces import (
     check_single_finite,
     memory_spec,
     obs_dict,
+    obs_dtypes,
 )
 from emote_jax.collectors.spaces import obs_keys as _obs_keys
 from emote_jax.collectors.state import collector_state, load_collector_state, resume_seed
@@ -141,6 +142,7 @@ class GymCollector(HostCallback):
         self.action_space = self.actions.space
         self.obs_keys = _obs_keys(env.single_observation_space)
         self._dict_obs = isinstance(env.single_observation_space, spaces.Dict)
+        self.obs_dtypes = obs_dtypes(env.single_observation_space)  # uint8 images stay uint8
         if not (bp_steps_per_env_step > 0):
             raise ValueError(f"bp_steps_per_env_step must be > 0, got {bp_steps_per_env_step}")
         if warmup_steps < 0:
@@ -191,8 +193,8 @@ class GymCollector(HostCallback):
 
     # ---- observation plumbing --------------------------------------------------------------------
     def _batch_to_dict(self, obs: Any) -> dict[str, np.ndarray]:
-        """Batched env observation -> ``{key: (N, *shape) float32}`` (fresh arrays)."""
-        return obs_dict(obs, self.obs_keys, self._dict_obs)
+        """Batched env observation -> ``{key: (N, *shape)}`` float32 (uint8 images: uint8), fresh arrays."""
+        return obs_dict(obs, self.obs_keys, self._dict_obs, self.obs_dtypes)
 
     def _policy_input(self, obs: dict[str, np.ndarray]) -> Any:
         return obs if self._dict_obs else obs[OBS_KEY]
@@ -273,7 +275,7 @@ class GymCollector(HostCallback):
                         f"sub-env {i} ended an episode at vector step {self.vector_steps} but the SAME_STEP "
                         "autoreset env gave no info['final_obs'] for it"
                     )
-                final = obs_dict(info["final_obs"][i], self.obs_keys, self._dict_obs)
+                final = obs_dict(info["final_obs"][i], self.obs_keys, self._dict_obs, self.obs_dtypes)
                 check_single_finite(final, i, self.vector_steps, "final observation")
             else:
                 final = self._row(next_obs, i)

@@ -54,26 +54,38 @@ def obs_keys(space: gymnasium.Space) -> dict[str, tuple[int, ...]]:
     )
 
 
+def obs_dtypes(space: gymnasium.Space) -> dict[str, np.dtype]:
+    """``key -> dtype`` of the arrays stored for an observation space: uint8 for a uint8 image (a rank-3
+    Box of uint8, kept as the env gives it and scaled by the network's encoder), float32 for the rest."""
+    subspaces = space.spaces if isinstance(space, spaces.Dict) else {OBS_KEY: space}
+    return {k: np.dtype(np.uint8) if len(s.shape) == 3 and s.dtype == np.uint8 else np.dtype(np.float32)
+            for k, s in subspaces.items() if k in obs_keys(space)}
+
+
 def memory_spec(env: gymnasium.vector.VectorEnv,
                 actions: Any = None) -> tuple[dict[str, tuple[tuple[int, ...], type]], tuple[int, ...]]:
     """``(observation_spec, action_shape)`` for a ``ReplayTable`` that a collector over ``env`` fills.
 
-    A Box observation space gives ``{"obs": (shape, np.float32)}``; a Dict of Boxes one entry per key.
+    A Box observation space gives ``{"obs": (shape, np.float32)}``; a Dict of Boxes one entry per key
+    (uint8 for a uint8 image key: :func:`obs_dtypes`).
     ``actions`` (the collector's :class:`~emote_jax.collectors.actions.Actions`; its ``dtype`` is the
     table's ``action_dtype``) gives the action shape; None: a Box action space's shape.
     """
     keys = obs_keys(env.single_observation_space)
     action_shape = tuple(check_action_space(env.single_action_space).shape) if actions is None else tuple(actions.shape)
-    return {k: (shape, np.float32) for k, shape in keys.items()}, action_shape
+    dtypes = obs_dtypes(env.single_observation_space)
+    return {k: (shape, dtypes[k].type) for k, shape in keys.items()}, action_shape
 
 
 # ---- observations --------------------------------------------------------------------------------------
 
 
-def obs_dict(obs: Any, keys: dict[str, tuple[int, ...]], dict_obs: bool) -> dict[str, np.ndarray]:
-    """An env observation (batched or single) -> ``{key: float32 array}`` (fresh arrays)."""
+def obs_dict(obs: Any, keys: dict[str, tuple[int, ...]], dict_obs: bool,
+             dtypes: dict[str, np.dtype] | None = None) -> dict[str, np.ndarray]:
+    """An env observation (batched or single) -> ``{key: array}`` (fresh arrays) of ``dtypes[key]``
+    (:func:`obs_dtypes`; None: all float32)."""
     raw = {k: obs[k] for k in keys} if dict_obs else {OBS_KEY: obs}
-    return {k: np.array(v, dtype=np.float32) for k, v in raw.items()}
+    return {k: np.array(v, dtype=np.float32 if dtypes is None else dtypes[k]) for k, v in raw.items()}
 
 
 def check_finite(obs: dict[str, np.ndarray], vector_step: int, where: str, rows: Any = None) -> None:

@@ -81,7 +81,7 @@ def load_collector_state(self: Any, state: Mapping[str, Any]) -> None:
             if p is None:
                 pending.append(None)
                 continue
-            obs = {k: np.asarray(v, np.float32) for k, v in p["observation"].items()}
+            obs = {k: np.asarray(v, self.obs_dtypes.get(k, np.float32)) for k, v in p["observation"].items()}  # uint8 images
             if set(obs) != set(self.obs_keys) or any(obs[k].shape != self.obs_keys[k] for k in obs):
                 raise ValueError(f"expected pending observations {self.obs_keys}, got "
                                  f"{ {k: v.shape for k, v in obs.items()} }")

@@ -117,3 +117,33 @@ class GaussianHostPolicy(HostPolicy):
         std = np.exp(np.clip(x @ w + b, LOG_STD_MIN, LOG_STD_MAX))
         eps = rng.standard_normal(mean.shape, dtype=np.float32)
         return np.tanh(mean + std * eps)
+
+
+class EncodedGaussianHostPolicy(GaussianHostPolicy):
+    """NumPy mirror of an :class:`~emote_jax.networks.encoders.EncodedPolicy` whose encoder has no
+    parameters (Dict observations of vectors only, the identity encoder): the keys' vectors concatenated
+    in the encoder's order (``{key: (N, d_k)}`` -> ``(N, sum d_k)``), then :class:`GaussianHostPolicy`."""
+
+    def __init__(self, policy_net: Any, deterministic: bool = False):
+        from emote_jax.networks.encoders import EncodedPolicy
+
+        if not isinstance(policy_net, EncodedPolicy) or policy_net.encoder.has_params:
+            raise TypeError("EncodedGaussianHostPolicy mirrors an EncodedPolicy of vector keys with the identity "
+                            f"encoder, got {type(policy_net).__name__}")
+        super().__init__(policy_net.head, deterministic)
+        self.keys = tuple(policy_net.encoder.keys)
+
+    def to_host(self, params: PyTree) -> dict[str, Any]:
+        """:meth:`GaussianHostPolicy.to_host` of the ``"head"`` parameters."""
+        p = params.get("params", params) if isinstance(params, dict) else params
+        if not isinstance(p, dict) or "head" not in p:
+            raise ValueError(f"EncodedGaussianHostPolicy.to_host: expected EncodedPolicy parameters with 'head', "
+                             f"got {sorted(p) if isinstance(p, dict) else type(p).__name__}")
+        return super().to_host(p["head"])
+
+    def act(self, host_params: dict[str, Any], obs: Any, rng: np.random.Generator) -> np.ndarray:
+        if not isinstance(obs, dict) or set(self.keys) - set(obs):
+            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+            raise ValueError(f"EncodedGaussianHostPolicy.act: expected observations {{{', '.join(self.keys)}}}, got {got}")
+        x = np.concatenate([np.asarray(obs[k], np.float32).reshape(len(obs[k]), -1) for k in self.keys], axis=1)
+        return super().act(host_params, x, rng)

@@ -289,12 +289,21 @@ def run_episodes(env: gymnasium.Env, act: Act, params: PyTree, episodes: int, se
         obs, _ = env.reset(seed=seed + ep)
         done, total = False, 0.0
         while not done:
-            a = np.asarray(act(params, jnp.asarray(obs, jnp.float32)[None], key))[0]
+            a = np.asarray(act(params, one_obs(obs), key))[0]
             obs, r, terminated, truncated, _ = env.step(to_env(env.action_space, a))
             total += float(r)
             done = bool(terminated or truncated)
         returns.append(total)
     return returns
+
+
+def one_obs(obs: Any) -> jax.Array | dict[str, jax.Array]:
+    """One env observation as a batch of one: ``(1, d)`` float32, or for a Dict ``{key: (1, *shape)}``
+    float32 (uint8 images stay uint8, as the collector stores them)."""
+    if isinstance(obs, dict):
+        return {k: jnp.asarray(v, jnp.uint8 if np.asarray(v).dtype == np.uint8 else jnp.float32)[None]
+                for k, v in obs.items()}
+    return jnp.asarray(obs, jnp.float32)[None]
 
 
 def box_action(space: gymnasium.spaces.Box, a: np.ndarray) -> np.ndarray:

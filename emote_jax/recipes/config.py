@@ -63,6 +63,7 @@ class RunConfig:
     checkpoint_interval: int = 5_000  # backprop steps between checkpoints in run_dir/checkpoints (0: none)
     keep_checkpoints: int = 3  # the last N checkpoints are kept
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    obs_keys: tuple[str, ...] = ()  # the keys of a Dict observation to use (empty: all of them)
 
     def run_checks(self) -> list[Check]:
         """The checks of the shared settings."""
@@ -86,6 +87,8 @@ class RunConfig:
             ("per_beta", _finite(self.per_beta) and 0 <= self.per_beta <= 1, "in [0, 1]"),
             ("per_eps", _finite(self.per_eps) and self.per_eps > 0, "> 0"),
             ("coverage_alpha", _finite(self.coverage_alpha) and self.coverage_alpha >= 0, ">= 0"),
+            ("obs_keys", all(isinstance(k, str) and k for k in self.obs_keys) and len(set(self.obs_keys)) ==
+             len(self.obs_keys), "distinct non-empty key names, e.g. --obs-keys angle,velocity"),
         ]
 
     def algo_checks(self) -> list[Check]:
@@ -118,6 +121,14 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"g\": 9.81}}', got {type(value).__name__} {text!r}")
     return value
+
+
+def str_tuple(text: str) -> tuple[str, ...]:
+    """``"a,b"`` -> ``("a", "b")``: names on the command line (``--obs-keys``)."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError(f"expected comma-separated key names like angle,velocity, got {text!r}")
+    return keys
 
 
 def cli_option(field_name: str) -> str:
@@ -166,6 +177,8 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
                    help="the warm-up acts with the (untrained) policy instead of uniform random actions")
     p.add_argument("--env-kwargs", type=json_object, default=d.env_kwargs, metavar="JSON",
                    help='keyword arguments of gymnasium.make, e.g. \'{"g": 9.81}\'')
+    p.add_argument("--obs-keys", type=str_tuple, default=d.obs_keys, metavar="KEYS",
+                   help="a Dict-observation env: the keys to use, e.g. angle,velocity (default: all)")
     p.add_argument("--bp-steps-per-env-step", type=float, default=d.bp_steps_per_env_step,
                    help="backprop steps per vector step (0.5: two vector steps per backprop step)")
     p.add_argument("--steps-per-call", type=int, default=d.steps_per_call, help="K backprop steps per compiled call")

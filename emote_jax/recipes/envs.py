@@ -23,11 +23,11 @@ def make_vector_env(cfg: Any, seed_offset: int = 0) -> gymnasium.vector.VectorEn
     :class:`~emote_jax.errors.ConfigError` (the latter names the extra to install).
     """
     check_env_id(cfg.env_id)
-    fns = [lambda: gymnasium.make(cfg.env_id, **cfg.env_kwargs) for _ in range(cfg.num_envs)]
+    fns = [lambda: select_obs_keys(gymnasium.make(cfg.env_id, **cfg.env_kwargs), cfg) for _ in range(cfg.num_envs)]
     cls = gymnasium.vector.AsyncVectorEnv if cfg.async_envs else gymnasium.vector.SyncVectorEnv
     if cfg.async_envs:  # the sub-processes would report a missing dependency as a broken pipe: try one here
         with env_errors(cfg.env_id):
-            gymnasium.make(cfg.env_id, **cfg.env_kwargs).close()
+            select_obs_keys(gymnasium.make(cfg.env_id, **cfg.env_kwargs), cfg).close()
     with env_errors(cfg.env_id):
         return cls(fns)
 
@@ -66,4 +66,23 @@ def single_env(cfg: Any) -> gymnasium.Env:
     """One ``cfg.env_id`` env with ``cfg.env_kwargs`` (for evaluation), with the same errors as above."""
     check_env_id(cfg.env_id)
     with env_errors(cfg.env_id):
-        return gymnasium.make(cfg.env_id, **cfg.env_kwargs)
+        return select_obs_keys(gymnasium.make(cfg.env_id, **cfg.env_kwargs), cfg)
+
+
+def select_obs_keys(env: gymnasium.Env, cfg: Any) -> gymnasium.Env:
+    """``env`` with only the Dict-observation keys ``cfg.obs_keys`` (empty: ``env`` itself), or a ConfigError
+    naming ``--obs-keys`` (``env`` closed) for an env without Dict observations or a key it does not have."""
+    keys = tuple(getattr(cfg, "obs_keys", ()) or ())
+    if not keys:
+        return env
+    space = env.observation_space
+    problem = None
+    if not isinstance(space, gymnasium.spaces.Dict):
+        problem = f"{cfg.env_id}'s observations are not a Dict (got {space}); --obs-keys selects keys of a Dict"
+    elif set(keys) - set(space.spaces):
+        missing = sorted(set(keys) - set(space.spaces))
+        problem = f"{cfg.env_id}'s observations have no key(s) {missing}; expected some of {sorted(space.spaces)}"
+    if problem is not None:
+        env.close()
+        raise ConfigError(f"--obs-keys {','.join(keys)}: {problem}", "--obs-keys")
+    return gymnasium.wrappers.FilterObservation(env, list(keys))
