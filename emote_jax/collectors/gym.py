@@ -137,8 +137,7 @@ class GymCollector(HostCallback):
             )
         self.actions: Actions = BoxActions(env.single_action_space) if actions is None else actions
         if self.actions.space != env.single_action_space:
-            raise ValueError(f"actions handles {self.actions.space!r}, but the env's single action space is "
-                             f"{env.single_action_space!r}")
+            raise ValueError(f"actions handles {self.actions.space!r}, not the env's {env.single_action_space!r}")
         self.action_space = self.actions.space
         self.obs_keys = _obs_keys(env.single_observation_space)
         self._dict_obs = isinstance(env.single_observation_space, spaces.Dict)
@@ -215,9 +214,6 @@ class GymCollector(HostCallback):
         checked = self.actions.checked(actions, self.num_envs, self.vector_steps, self.name)
         return self.actions.explore(checked, self.env_steps, self._rng)
 
-    def _random_actions(self) -> np.ndarray:
-        return self.actions.random(self._rng, self.num_envs)
-
     # ---- episodes --------------------------------------------------------------------------------
     def _row(self, obs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
         return {k: v[i].copy() for k, v in obs.items()}
@@ -232,7 +228,7 @@ class GymCollector(HostCallback):
 
     def _step(self, params: PyTree | None) -> None:
         """One vector step; ``params=None`` takes uniform random actions."""
-        actions = self._random_actions() if params is None else self._policy_actions(params)
+        actions = self.actions.random(self._rng, self.num_envs) if params is None else self._policy_actions(params)
         book = self._book
         live = [i for i in range(self.num_envs) if book.agents[i] is not None]
         if live:
