@@ -90,6 +90,11 @@ def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
     _add_debug(p, argparse.SUPPRESS)
     p.add_argument("--algo", default=algo.name, choices=sorted(ALGORITHMS),
                    help="the algorithm (its options below follow it)")
+    if d.PRESETS:
+        p.add_argument("--preset", choices=sorted(d.PRESETS), default=None,
+                       help="start from a named set of settings (options given here override it): "
+                            + "; ".join(f"{n}: " + ", ".join(f"{k}={v}" for k, v in vals.items())
+                                        for n, vals in d.PRESETS.items()))
     add_run_options(p.add_argument_group("run options (every algorithm)"), d)
     algo.add_options(p.add_argument_group(f"{algo.title} options (--algo {algo.name})"), d)
     p.add_argument("--resume", action="store_true",
@@ -194,6 +199,22 @@ def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any
     return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "algo": algo, "run_dir": str(run_dir)}
 
 
+def _with_preset(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with the preset's values under the options given on the command line (``args["given"]``)."""
+    given = args.pop("given", set())
+    explicit = {k: v for k, v in args.items() if k in given}
+    return {**args, **ALGORITHMS[args["algo"]].config_cls.PRESETS[args["preset"]], **explicit}
+
+
+def _given_options(argv: Sequence[str]) -> set[str]:
+    """The ``train`` settings given on the command line ``argv`` (also those given their default value)."""
+    parser = build_parser(_algo_arg(argv))
+    train = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["train"]
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
 def _saved_algo(argv: Sequence[str]) -> str | None:
     """For ``train --resume --run-dir DIR`` without ``--algo``: the algorithm of DIR's config.json, if readable."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -226,8 +247,13 @@ def _train(args: dict[str, Any]) -> int:
     resume, resume_step = args.pop("resume"), args.pop("resume_step")
     if resume_step is not None and not resume:
         raise UsageError("--resume-step needs --resume (and --run-dir): it picks the checkpoint to resume from")
+    if resume and args.get("preset"):
+        raise UsageError("--preset with --resume: the resumed run keeps the settings in its config.json "
+                         "(give the options to change instead)")
     if resume:
         args = _resume_args(args, resume_step)
+    elif args.get("preset"):
+        args = _with_preset(args)
     elif args["run_dir"] is None:
         args["run_dir"] = f"runs/{args['algo']}-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     algo = get_algorithm(args["algo"])
@@ -386,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         args = vars(build_parser(_algo_arg(argv)).parse_args(argv))
+        if args.get("preset"):
+            args["given"] = _given_options(argv)
     except UsageError as e:
         _error(str(e))
         return 2

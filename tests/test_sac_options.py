@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from emote_jax.checkpoint import _saveable
+from emote_jax.errors import ConfigError
 from emote_jax.cli import build_parser
 from emote_jax.recipes.config import cli_option
 from emote_jax.recipes.sac import SACConfig
@@ -60,3 +61,48 @@ def test_inf_bounds_train_checkpoint_and_resume(tmp_path):
                                            (np.nan, "q1/network/params/w", False)])
 def test_only_hyperparameters_may_be_infinite_in_a_checkpoint(value, path, ok):
     assert _saveable(np.array([1.0, value], np.float32), path) is ok
+
+
+EMOTE = {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1", "warmup_steps": 1_000,
+         "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"}
+
+
+def test_the_emote_preset_is_the_reference_settings():
+    assert SACConfig.PRESETS["emote"] == EMOTE
+    cfg = SACConfig.from_preset("emote", env_id="HalfCheetah-v5")
+    assert cfg.preset == "emote" and cfg.env_id == "HalfCheetah-v5"
+    assert {k: getattr(cfg, k) for k in EMOTE} == EMOTE
+
+
+def test_the_defaults_are_pinned():
+    """The recipe's defaults (a changed default must change this test, and the README's tables)."""
+    d = SACConfig()
+    assert (d.env_id, d.env_steps, d.batch_size, d.warmup_steps, d.steps_per_call, d.bp_steps_per_env_step) == \
+        ("Pendulum-v1", 15_000, 256, 1_000, 1, 1.0)
+    assert (d.hidden_dims, d.lr_q, d.lr_policy, d.lr_alpha, d.gamma, d.tau) == ((256, 256), 3e-4, 3e-4, 3e-4, 0.99, 0.005)
+    assert (d.max_grad_norm, d.max_alpha, d.initial_alpha, d.policy_q, d.critic, d.preset) == \
+        (10.0, 0.2, 1.0, "min", "mse", None)
+
+
+def test_an_unknown_preset_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="--preset 'sbx'.*emote"):
+        SACConfig.from_preset("sbx")
+
+
+def test_options_given_on_the_command_line_override_the_preset_even_at_their_default_value():
+    from emote_jax.cli import _given_options, _with_preset
+
+    argv = ["train", "--preset", "emote", "--policy-q", "min", "--steps", "5000"]
+    args = vars(build_parser("sac").parse_args(argv))
+    args["given"] = _given_options(argv)
+    assert {"preset", "policy_q", "env_steps"} <= args["given"] and "max_alpha" not in args["given"]
+    resolved = _with_preset(args)
+    assert resolved["policy_q"] == "min" and resolved["env_steps"] == 5000  # given, default or not
+    assert resolved["max_grad_norm"] == 10.0 and resolved["warmup_steps"] == 1_000  # the preset's
+
+
+def test_preset_with_resume_is_a_usage_error(capsys):
+    from emote_jax.cli import main
+
+    assert main(["train", "--preset", "emote", "--resume", "--run-dir", "/nonexistent"]) == 2
+    assert "--preset with --resume" in capsys.readouterr().err

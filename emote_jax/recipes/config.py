@@ -14,7 +14,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from emote_jax.errors import ConfigError
 
@@ -64,6 +64,26 @@ class RunConfig:
     keep_checkpoints: int = 3  # the last N checkpoints are kept
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     obs_keys: tuple[str, ...] = ()  # the keys of a Dict observation to use (empty: all of them)
+    preset: str | None = None  # the named settings this config started from (PRESETS), for the record
+
+    #: Named sets of settings (``--preset NAME``): ``{name: {field: value}}``, applied under explicit options.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Any:
+        """The config of preset ``name`` (its values over the defaults), with ``overrides`` on top.
+
+        ``SACConfig.from_preset("emote", env_id="HalfCheetah-v5")``; an unknown name is a ConfigError
+        naming ``--preset`` and the choices.
+        """
+        if name not in cls.PRESETS:
+            raise ConfigError(f"--preset {name!r}: no such preset of {cls.__name__}; expected one of "
+                              f"{sorted(cls.PRESETS) or '(none)'}", "--preset")
+        return cls(**{**cls.PRESETS[name], **overrides, "preset": name})
+
+    def __post_init__(self) -> None:
+        # a list from config.json or user code, or one name: the same tuple of keys (configs compare equal)
+        self.obs_keys = (self.obs_keys,) if isinstance(self.obs_keys, str) else tuple(self.obs_keys)
 
     def run_checks(self) -> list[Check]:
         """The checks of the shared settings."""

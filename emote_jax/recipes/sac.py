@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import gymnasium
 import jax
@@ -56,6 +56,14 @@ class SACConfig(RunConfig):
     v_min: float | None = _HP.v_min
     v_max: float | None = _HP.v_max
     hl_sigma_ratio: float = _HP.hl_sigma_ratio
+
+    #: ``--preset emote``: the reference's (emote-rl 23.0.0) SAC settings, for parity runs: critics' and
+    #: policy's gradients clipped to norm 10, alpha capped at 0.2, the policy against Q1 alone, 1,000
+    #: random warm-up steps, one update per env step.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "emote": {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1",
+                  "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"},
+    }
 
     def hparams(self) -> SACHParams:
         """The :class:`~emote_jax.algorithms.sac.SACHParams` these settings give (the rest: its defaults)."""
