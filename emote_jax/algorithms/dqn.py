@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from emote_jax.algorithms.importance import window_td_error, window_weights
 from emote_jax.algorithms.nstep import discount
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
@@ -61,7 +62,8 @@ def q_learning_target(rewards: jax.Array, v_next: jax.Array, masks: jax.Array, g
 
 def td_loss(q: jax.Array, target: jax.Array, kind: str = "huber", huber_delta: float = 1.0,
             weights: jax.Array | None = None) -> jax.Array:
-    """Mean (``weights``-weighted) TD loss of ``q (N, 1)`` against ``target (N, 1)``.
+    """Mean TD loss of ``q (B*T, 1)`` against ``target (B*T, 1)``; with ``weights (B,)`` (prioritized replay,
+    one per rollout window) each row weighted by its window's weight.
 
     ``"huber"``: ``0.5 x^2`` for ``|x| <= delta``, else ``delta * (|x| - 0.5 delta)`` (``optax.huber_loss``;
     PyTorch's ``smooth_l1_loss`` at delta 1). ``"mse"``: ``x^2`` (the reference's ``nn.MSELoss``).
@@ -72,8 +74,9 @@ def td_loss(q: jax.Array, target: jax.Array, kind: str = "huber", huber_delta: f
         per_row = (q - target) ** 2
     else:
         raise ValueError(f"td_loss: expected kind in {LOSSES}, got {kind!r}")
-    per_row = per_row.reshape(-1)
-    return jnp.mean(per_row if weights is None else per_row * weights.reshape(-1))
+    if weights is None:
+        return jnp.mean(per_row)
+    return jnp.mean(per_row * window_weights(weights, per_row.shape[0]))
 
 
 # ---- the callbacks -------------------------------------------------------------------------------------
@@ -95,8 +98,12 @@ class QLoss(LossCallback):
         actions = batch["actions"].reshape(-1, 1).astype(jnp.int32)
         q = jnp.take_along_axis(q_all, actions, axis=-1)  # (B*T, 1)
         target = jax.lax.stop_gradient(batch["q_target"])
-        loss = td_loss(q, target, self.kind, self.huber_delta, batch.get("weights"))
-        return loss, {"q_mean": q.mean(), "td_abs_mean": jnp.abs(q - target).mean()}
+        weights = batch.get("weights")
+        loss = td_loss(q, target, self.kind, self.huber_delta, weights)
+        aux = {"q_mean": q.mean(), "td_abs_mean": jnp.abs(q - target).mean()}
+        if weights is not None:  # prioritized replay: per-window |TD errors| back to the sampler
+            aux["td_error"] = window_td_error(q, target, weights.shape[0])
+        return loss, aux
 
 
 class QTarget(Callback):
