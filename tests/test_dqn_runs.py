@@ -8,15 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from emote_jax import HostCallback, Trainer
+from emote_jax import Trainer
 from emote_jax.checkpoint import checkpoint_steps
 from emote_jax.cli import main
-from emote_jax.collectors import GymCollector
 from emote_jax.recipes.dqn import DQNConfig, build_dqn
+
+from test_checkpoint_resume import RestartAt, dump  # the resume-test harness, shared
 
 REPO = Path(__file__).resolve().parents[1]
 N = 30
@@ -39,30 +39,10 @@ flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_fl
 flat["key_data"] = np.asarray(jax.random.key_data(ctx.key))
 for k, v in run.table.state_dict()["columns"].items():
     flat["table/" + k] = v
+flat["bp_samples"] = np.asarray(ctx.bp_samples)
 flat["env_steps"] = np.asarray(run.collector.env_steps)
 np.savez(sys.argv[3], **flat)
 """
-
-
-def dump(run, ctx) -> dict[str, np.ndarray]:
-    flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(ctx.state)[0]}
-    flat["key_data"] = np.asarray(jax.random.key_data(ctx.key))
-    for k, v in run.table.state_dict()["columns"].items():
-        flat["table/" + k] = v
-    flat["env_steps"] = np.asarray(run.collector.env_steps)
-    return flat
-
-
-class RestartAt(HostCallback):
-    """In the straight run: what a resumed run does at its first step."""
-
-    def __init__(self, collector: GymCollector, step: int, seed: int):
-        super().__init__(name="restart_at", cycle=1, order=2500)
-        self.collector, self.step, self.seed = collector, step, seed
-
-    def end_cycle(self, ctx):
-        if ctx.bp_step == self.step:
-            self.collector.restart_episodes(GymCollector.resume_seed(self.seed, self.step))
 
 
 def test_dqn_resume_in_a_new_process_equals_the_straight_run_exactly(tmp_path):
