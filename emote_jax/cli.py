@@ -170,9 +170,9 @@ def _check_resume_step(checkpoints: Path, steps: list[int], step: int) -> None:
                          f"or move them out of {checkpoints} first")
 
 
-def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any]:
-    """The saved config.json of ``--run-dir``, overridden by the options that differ from their defaults
-    (those of the saved run's algorithm: a config.json without ``"algo"`` is SAC's)."""
+def _resume_args(args: dict[str, Any], given: set[str], resume_step: int | None) -> dict[str, Any]:
+    """The saved config.json of ``--run-dir`` (a config.json without ``"algo"`` is SAC's), overridden by
+    the options given on the command line (``given``, :func:`_given_options`), even at their default value."""
     run_dir = _run_dir(args["run_dir"], "--resume")
     checkpoints = run_dir / "checkpoints"
     steps = checkpoint_steps(checkpoints)
@@ -195,13 +195,11 @@ def _resume_args(args: dict[str, Any], resume_step: int | None) -> dict[str, Any
     if args["algo"] != algo:
         raise UsageError(f"--resume: {run_dir} is a run of --algo {algo}, not --algo {args['algo']}")
     saved = with_tuples(ALGORITHMS[algo].config_cls, saved)  # JSON turned the tuples into lists
-    defaults = vars(build_parser(algo).parse_args(["train", "--algo", algo]))
-    return {**saved, **{k: v for k, v in args.items() if v != defaults.get(k)}, "algo": algo, "run_dir": str(run_dir)}
+    return {**saved, **{k: v for k, v in args.items() if k in given}, "algo": algo, "run_dir": str(run_dir)}
 
 
-def _with_preset(args: dict[str, Any]) -> dict[str, Any]:
-    """``args`` with the preset's values under the options given on the command line (``args["given"]``)."""
-    given = args.pop("given", set())
+def _with_preset(args: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """``args`` with the preset's values under the options given on the command line (``given``)."""
     explicit = {k: v for k, v in args.items() if k in given}
     return {**args, **ALGORITHMS[args["algo"]].config_cls.PRESETS[args["preset"]], **explicit}
 
@@ -244,16 +242,16 @@ def _algo_arg(argv: Sequence[str]) -> str:
 
 
 def _train(args: dict[str, Any]) -> int:
-    resume, resume_step = args.pop("resume"), args.pop("resume_step")
+    resume, resume_step, given = args.pop("resume"), args.pop("resume_step"), args.pop("given")
     if resume_step is not None and not resume:
         raise UsageError("--resume-step needs --resume (and --run-dir): it picks the checkpoint to resume from")
     if resume and args.get("preset"):
         raise UsageError("--preset with --resume: the resumed run keeps the settings in its config.json "
                          "(give the options to change instead)")
     if resume:
-        args = _resume_args(args, resume_step)
+        args = _resume_args(args, given, resume_step)
     elif args.get("preset"):
-        args = _with_preset(args)
+        args = _with_preset(args, given)
     elif args["run_dir"] is None:
         args["run_dir"] = f"runs/{args['algo']}-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     algo = get_algorithm(args["algo"])
@@ -412,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         args = vars(build_parser(_algo_arg(argv)).parse_args(argv))
-        if args.get("preset"):
+        if args["command"] == "train":
             args["given"] = _given_options(argv)
     except UsageError as e:
         _error(str(e))

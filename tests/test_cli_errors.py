@@ -142,6 +142,20 @@ def test_resume_step_of_a_damaged_checkpoint_fails_without_falling_back(capfd, r
     assert "resuming" not in out and steps_of(run) == steps
 
 
+def test_resume_takes_the_options_given_even_at_their_default_value(trained):
+    """A resumed run keeps its config.json except for the options on the command line, also those given
+    their default value (``--steps 15000`` is the default; the saved run had 300)."""
+    from emote_jax.cli import _given_options, _resume_args, build_parser
+
+    argv = ["train", "--resume", "--run-dir", str(trained), "--steps", "15000", "--warmup-steps", "1000"]
+    args = vars(build_parser("sac").parse_args(argv))
+    for k in ("command", "resume", "resume_step"):
+        args.pop(k)
+    resolved = _resume_args(args, _given_options(argv), None)
+    assert (resolved["env_steps"], resolved["warmup_steps"]) == (15_000, 1_000)  # given: the defaults
+    assert (resolved["env_id"], tuple(resolved["hidden_dims"]), resolved["batch_size"]) == ("HitTheMiddle-v0", (16, 16), 32)
+
+
 @pytest.mark.parametrize("case", ["missing", "later", "without_resume"])
 def test_resume_step_that_cannot_be_honoured_is_a_usage_error(capfd, run, case):
     steps = steps_of(run)

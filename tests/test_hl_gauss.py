@@ -79,7 +79,8 @@ def test_cross_entropy_by_hand():
 
 
 @pytest.mark.parametrize("bad", [dict(v_min=1.0, v_max=1.0), dict(v_min=0.0, v_max=float("nan")),
-                                 dict(v_min=0.0, v_max=1.0, num_bins=1), dict(v_min=0.0, v_max=1.0, sigma_ratio=0.0)])
+                                 dict(v_min=0.0, v_max=1.0, num_bins=1), dict(v_min=0.0, v_max=1.0, sigma_ratio=0.0),
+                                 dict(v_min=0.0, v_max=1.0, sigma_ratio=float("inf"))])
 def test_bad_support_is_refused(bad):
     with pytest.raises(ValueError, match="HLGaussSupport"):
         HLGaussSupport(**bad)
@@ -149,7 +150,9 @@ def test_hl_gauss_q_loss_value_by_hand():
 @pytest.mark.parametrize("kw,option", [(dict(), "--v-min"), (dict(v_min=-1.0), "--v-max"),
                                         (dict(v_min=0.0, v_max=-1.0), "--v-max"),
                                         (dict(v_min=0.0, v_max=1.0, num_bins=1), "--bins"),
-                                        (dict(v_min=0.0, v_max=1.0, hl_sigma_ratio=-1.0), "--hl-sigma-ratio")])
+                                        (dict(v_min=0.0, v_max=1.0, hl_sigma_ratio=-1.0), "--hl-sigma-ratio"),
+                                        (dict(v_min=0.0, v_max=1.0, hl_sigma_ratio=float("inf")), "--hl-sigma-ratio"),
+                                        (dict(v_min=0.0, v_max=1.0, hl_sigma_ratio=float("nan")), "--hl-sigma-ratio")])
 def test_hl_gauss_settings_are_checked_naming_the_option(kw, option):
     with pytest.raises(ConfigError) as e:
         SACConfig(critic="hl-gauss", **kw).validate()

@@ -94,9 +94,9 @@ def test_options_given_on_the_command_line_override_the_preset_even_at_their_def
 
     argv = ["train", "--preset", "emote", "--policy-q", "min", "--steps", "5000"]
     args = vars(build_parser("sac").parse_args(argv))
-    args["given"] = _given_options(argv)
-    assert {"preset", "policy_q", "env_steps"} <= args["given"] and "max_alpha" not in args["given"]
-    resolved = _with_preset(args)
+    given = _given_options(argv)
+    assert {"preset", "policy_q", "env_steps"} <= given and "max_alpha" not in given
+    resolved = _with_preset(args, given)
     assert resolved["policy_q"] == "min" and resolved["env_steps"] == 5000  # given, default or not
     assert resolved["max_grad_norm"] == 10.0 and resolved["warmup_steps"] == 1_000  # the preset's
 

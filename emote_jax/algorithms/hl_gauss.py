@@ -48,8 +48,8 @@ class HLGaussSupport:
             raise ValueError(f"HLGaussSupport: expected finite v_min < v_max, got v_min={self.v_min}, v_max={self.v_max}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 2:
             raise ValueError(f"HLGaussSupport: expected num_bins an int >= 2, got {self.num_bins!r}")
-        if not self.sigma_ratio > 0:
-            raise ValueError(f"HLGaussSupport: expected sigma_ratio > 0, got {self.sigma_ratio}")
+        if not (np.isfinite(self.sigma_ratio) and self.sigma_ratio > 0):
+            raise ValueError(f"HLGaussSupport: expected a finite sigma_ratio > 0, got {self.sigma_ratio}")
 
     @property
     def bin_width(self) -> float:

@@ -96,7 +96,8 @@ def hl_gauss_checks(cfg: Any) -> list[Check]:
         ("v_min", lo is not None and np.isfinite(lo), need), ("v_max", hi is not None and np.isfinite(hi), need),
         ("v_max", lo is None or hi is None or hi > lo, f"> --v-min ({lo})"),
         ("num_bins", isinstance(cfg.num_bins, int) and cfg.num_bins >= 2, "an int >= 2"),
-        ("hl_sigma_ratio", cfg.hl_sigma_ratio > 0, "> 0 (the Gaussian's standard deviation in bin widths)"),
+        ("hl_sigma_ratio", bool(np.isfinite(cfg.hl_sigma_ratio) and cfg.hl_sigma_ratio > 0),
+         "a finite number > 0 (the Gaussian's standard deviation in bin widths)"),
     ]
 
 
