@@ -614,9 +614,11 @@ def _learning_runs_before(stem: Path, quick: bool) -> dict:
     """Finished peers-learning runs in this host's earlier results files (same --quick), newest last wins:
     what a resumed peers-learning suite may skip."""
     host = stem.name.split("-")[0]
-    pattern = f"{host}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]" + ("-quick" if quick else "") + ".json"
+    # <host>-<date>[-quick].json and any --out <host>-<date>-<tag>.json (e.g. one per side run in parallel)
+    files = [f for f in RESULTS.glob(f"{host}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*.json")
+             if f.stem.endswith("-quick") == quick]
     runs: dict = {}
-    files = sorted(RESULTS.glob(pattern), key=lambda p: p.stat().st_mtime)
+    files = sorted(files, key=lambda p: p.stat().st_mtime)
     if stem.with_suffix(".json") not in files and stem.with_suffix(".json").exists():
         files.append(stem.with_suffix(".json"))
     for f in files:
