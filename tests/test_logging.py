@@ -227,6 +227,41 @@ def test_episode_metrics_report_every_episode_even_past_the_collectors_history()
     np.testing.assert_array_equal(rec.hists[40]["episode/return"], [-25, -30, -35, -40])
 
 
+def test_episodes_stream_to_the_csv_as_they_finish_and_a_resume_keeps_those_before_it(tmp_path):
+    """``csv_path``: the rows are on disk while training runs (a run killed outright keeps them); a run
+    resumed at bp step 21 keeps the rows of the steps before 21 and drops the later ones."""
+    from types import SimpleNamespace
+
+    from emote_jax.logging import read_episodes_csv
+
+    path = tmp_path / "episodes.csv"
+    seen = {}
+
+    class Peek(HostCallback):
+        def end_cycle(self, ctx):
+            if ctx.bp_step == 22:
+                seen["rows"] = read_episodes_csv(path)
+
+    collector = FakeCollector()
+    logger = MetricsLogger([Recorder()], log_interval=10, histogram_interval=None,
+                           sources=[EpisodeMetrics(collector, csv_path=path)])
+    run([collector, logger, Peek(name="peek", cycle=1)], n_calls=10, k=4)
+    assert [(e.bp_step, e.ret, e.env_steps) for e in seen["rows"]] == [(5 * i, -5.0 * i, 10 * i) for i in range(1, 5)]
+    assert [e.bp_step for e in read_episodes_csv(path)] == [5 * i for i in range(1, 9)]
+
+    resumed = EpisodeMetrics(FakeCollector(), csv_path=path)
+    resumed.begin_training(SimpleNamespace(bp_step=21))
+    resumed.end_training(SimpleNamespace(bp_step=21))
+    assert [e.bp_step for e in read_episodes_csv(path)] == [5, 10, 15, 20]
+
+    path.write_text("not,an\nepisodes,file\n")
+    unreadable = EpisodeMetrics(FakeCollector(), csv_path=path)
+    with pytest.warns(UserWarning, match="moved it to .*episodes.csv.unreadable"):
+        unreadable.begin_training(SimpleNamespace(bp_step=21))
+    unreadable.end_training(SimpleNamespace(bp_step=21))
+    assert read_episodes_csv(path) == [] and (tmp_path / "episodes.csv.unreadable").read_text().startswith("not,an")
+
+
 def test_a_source_serves_one_logger_only():
     src = SystemMetrics()
     MetricsLogger([Recorder()], sources=[src], name="a")

@@ -369,6 +369,11 @@ class MetricsLogger(HostCallback):
         finally:
             self._open = False
             errors = []
+            for src in self.sources:
+                try:
+                    src.end_training(ctx)
+                except Exception as e:
+                    errors.append(e)
             for w in self.writers:
                 try:
                     w.close()
@@ -434,7 +439,7 @@ def default_logger(
     """The logger ``emote-jax train`` uses: TensorBoard (``run_dir/tensorboard``) and ``run_dir/metrics.csv``,
     plus W&B when ``wandb`` (keywords of :class:`~emote_jax.logging.writers.WandbWriter`) is given.
 
-    Sources: :class:`~emote_jax.logging.sources.EpisodeMetrics` and
+    Sources: :class:`~emote_jax.logging.sources.EpisodeMetrics` (streaming ``run_dir/episodes.csv``) and
     :class:`~emote_jax.logging.sources.ThroughputMetrics` of ``collector`` (when given) and
     :class:`~emote_jax.logging.sources.SystemMetrics` every ``system_interval`` backprop steps.
     """
@@ -446,7 +451,7 @@ def default_logger(
         writers.append(WandbWriter(**{"dir": run_dir, "name": run_dir.name, **dict(wandb)}))
     sources: list[MetricSource] = []
     if collector is not None:
-        sources += [EpisodeMetrics(collector), ThroughputMetrics(collector)]
+        sources += [EpisodeMetrics(collector, csv_path=run_dir / "episodes.csv"), ThroughputMetrics(collector)]
     else:
         sources.append(ThroughputMetrics())
     sources.append(SystemMetrics(system_interval))

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,9 @@ class MetricSource:
         """Arrays to log as histograms at ``step`` (only at the logger's histogram steps)."""
         return {}
 
+    def end_training(self, ctx: Context) -> None:
+        """Once after the last step (also when training stops on an error): release files."""
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -74,12 +79,18 @@ class EpisodeMetrics(MetricSource):
     ``env_steps`` is the collector's count when the episode ended (its ``episode_env_steps``; a collector
     without them: the count when the episode was seen), ``bp_step`` the step it was seen after.
 
+    With ``csv_path``, each episode is also appended to that ``episodes.csv`` as it is seen (flushed), so a
+    run killed outright keeps the episodes it finished. A run resumed from a checkpoint (``bp_step`` above 1
+    at ``begin_training``) keeps the file's rows of the steps before it and drops the later ones (the steps
+    it runs again); a file it cannot read is moved aside to ``episodes.csv.unreadable`` with a warning.
+
     Args:
         collector: the collector to watch.
         window: episodes in the windowed means and the histogram.
+        csv_path: where to stream the episodes (None: only :attr:`history`).
     """
 
-    def __init__(self, collector: Any, window: int = 100):
+    def __init__(self, collector: Any, window: int = 100, csv_path: str | os.PathLike | None = None):
         for attr in ("episode_returns", "episode_lengths", "episodes_completed", "env_steps"):
             if not hasattr(collector, attr):
                 raise TypeError(
@@ -96,6 +107,8 @@ class EpisodeMetrics(MetricSource):
         self._since_log: list[Episode] = []
         self._recent_ret: deque[float] = deque(maxlen=self.window)
         self._recent_len: deque[int] = deque(maxlen=self.window)
+        self.csv_path = None if csv_path is None else Path(csv_path)
+        self._csv: Any = None
 
     def begin_training(self, ctx: Context) -> None:
         self.start_step = int(ctx.bp_step)  # above 1: a run resumed from a checkpoint
@@ -103,7 +116,25 @@ class EpisodeMetrics(MetricSource):
             self._seen = self.collector.episodes_completed
         else:
             self._seen = min(self._seen, self.collector.episodes_completed)
+        if self.csv_path is not None:
+            self._open_csv()
         self.poll(ctx)  # episodes of the warm-up
+
+    def _open_csv(self) -> None:
+        """Start ``csv_path`` with the earlier run's episodes before ``start_step`` (a resumed run) or none."""
+        from emote_jax.logging.plots import read_episodes_csv, write_episodes_csv
+
+        path, kept = self.csv_path, []
+        if self.start_step > 1 and path.is_file():
+            try:
+                kept = [e for e in read_episodes_csv(path) if e.bp_step < self.start_step]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                aside = path.with_name(path.name + ".unreadable")
+                os.replace(path, aside)
+                warnings.warn(f"EpisodeMetrics: {path} is not an episodes.csv ({type(e).__name__}: {e}); "
+                              f"moved it to {aside} and started a new one", stacklevel=2)
+        write_episodes_csv(kept, path)
+        self._csv = open(path, "a", newline="")  # noqa: SIM115 (closed in end_training)
 
     def poll(self, ctx: Context) -> None:
         c = self.collector
@@ -125,7 +156,16 @@ class EpisodeMetrics(MetricSource):
             self._since_log.append(ep)
             self._recent_ret.append(ep.ret)
             self._recent_len.append(ep.length)
+            if self._csv is not None:
+                self._csv.write(f"{ep.env_steps},{ep.bp_step},{float(ep.ret)!r},{ep.length}\n")
+        if self._csv is not None:
+            self._csv.flush()
         self._seen = n
+
+    def end_training(self, ctx: Context) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
 
     def read(self, ctx: Context, step: int) -> dict[str, float]:
         out: dict[str, float] = {"env/steps": float(self.collector.env_steps), "env/episodes": float(self._seen)}
