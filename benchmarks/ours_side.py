@@ -7,6 +7,7 @@ commands on stdin, JSON results on stdout). The driver sets ``JAX_PLATFORMS=cpu`
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import time
@@ -256,21 +257,45 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
             "episode_returns": list(run.collector.episode_returns)}
 
 
-def train_sac_run(env_id: str, env_steps: int, seed: int = 0, eval_episodes: int = 10) -> dict:
-    """``emote_jax.train.train_sac`` with the default ``SACConfig`` (what ``emote-jax train --run-dir`` does,
-    minus checkpoints) in a temporary run dir; returns its result and the episodes of ``episodes.csv``
-    as ``(env step, return)``."""
+def train_sac_run(env_id: str, env_steps: int, seed: int = 0, eval_episodes: int = 10, work_dir: str | None = None,
+                  checkpoint_interval: int = 10_000) -> dict:
+    """``emote_jax.train.train_sac`` with the default ``SACConfig`` (what ``emote-jax train --run-dir`` does);
+    returns its result and the episodes of ``episodes.csv`` as ``(env step, return)``.
+
+    Without ``work_dir``: in a temporary run dir, no checkpoints. With ``work_dir``: the run dir is kept
+    there with a checkpoint every ``checkpoint_interval`` bp steps, and a call that finds a checkpoint in
+    it resumes from the newest (``--resume``: exact, the environment's episode restarts), so a run killed
+    part-way loses at most ``checkpoint_interval`` steps. ``resumed_from`` lists the bp steps it resumed at.
+    """
     import tempfile
 
+    from emote_jax.checkpoint import checkpoint_steps
     from emote_jax.logging import read_episodes_csv
     from emote_jax.train import SACConfig, train_sac
 
-    with tempfile.TemporaryDirectory(prefix="emote_jax_bench_") as d:
+    def run(d: str, interval: int) -> dict:
+        ckpts, log = os.path.join(d, "checkpoints"), os.path.join(d, "resumed_from.json")
+        steps = checkpoint_steps(ckpts) if os.path.isdir(ckpts) else []
+        resumed = json.loads(open(log).read()) if steps and os.path.isfile(log) else []
+        if steps:  # (the newest intact one is taken; a damaged newest one is named in a warning)
+            resumed.append(steps[-1])
+            with open(log, "w") as f:
+                json.dump(resumed, f)
         cfg = SACConfig(env_id=env_id, env_steps=env_steps, seed=seed, eval_episodes=eval_episodes, run_dir=d,
-                        checkpoint_interval=0)
-        result = train_sac(cfg, out=None)
+                        checkpoint_interval=interval)
+        result = train_sac(cfg, out=None, resume=bool(steps))
+        if result["interrupted_by"]:
+            raise RuntimeError(f"train_sac_run: interrupted by {result['interrupted_by']} at bp step "
+                               f"{result['bp_steps']}; run it again with the same work_dir to resume")
         episodes = [(e.env_steps, e.ret) for e in read_episodes_csv(os.path.join(d, "episodes.csv"))]
-    return {"result": result, "episodes": episodes, "config": cfg.to_json() | {"run_dir": None}}
+        return {"result": result, "episodes": episodes, "resumed_from": resumed,
+                "config": cfg.to_json() | {"run_dir": None}}
+
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="emote_jax_bench_") as d:
+            return run(d, 0)
+    os.makedirs(work_dir, exist_ok=True)
+    return run(work_dir, checkpoint_interval)
 
 
 # ---- suite 4: memory ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ clamp on the policy mean) is listed in ``settings()`` and in the results' Markdo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -111,9 +112,14 @@ def _recorder(stamp_every: int) -> Any:
             self.stamps: list[tuple[int, float, int]] = []
             self.episodes: list[tuple[int, float]] = []
             self._next = stamp_every
+            self.t0: float | None = None
 
         def _on_training_start(self) -> None:
-            self.t0 = time.perf_counter()
+            if self.t0 is None:  # the first learn() call (a run in segments calls it again)
+                self.t0 = time.perf_counter()
+
+        def resume_at(self, env_steps: int) -> None:
+            self._next = (env_steps // stamp_every + 1) * stamp_every
 
         def _stamp(self) -> None:
             n = self.num_timesteps
@@ -137,24 +143,105 @@ def _recorder(stamp_every: int) -> Any:
 
 
 def sac_run(algo: str, env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0, k: int = 1,
-            stamp_every: int = 100, eval_episodes: int = 0) -> dict:
+            stamp_every: int = 100, eval_episodes: int = 0, work_dir: str | None = None,
+            segment: int = 10_000) -> dict:
     """``model.learn(env_steps)`` (warm-up included) with ``train_freq = gradient_steps = k``.
 
     Returns the time stamps, the completed episodes ``(env step, return)``, the updates done, the
     settings read back from the model and, with ``eval_episodes``, deterministic evaluation returns.
+
+    With ``work_dir`` (sbx only): ``learn`` runs in segments of ``segment`` env steps
+    (``reset_num_timesteps=False``, so the env and the counters carry on as in one call) and after each
+    one the model's state is written to ``work_dir`` (:func:`_save_snapshot`); a call that finds a
+    snapshot there resumes from it (a new process: the environment's episode restarts), so a run killed
+    part-way loses at most ``segment`` env steps. ``resumed_from`` lists the env steps it resumed at.
     """
+    if work_dir is not None and algo != "sbx":
+        raise ValueError(f"sac_run: work_dir (resumable runs) is for algo 'sbx', got {algo!r}")
     t_setup = time.perf_counter()
     model = make_model(algo, env_id, k=k, warmup_steps=warmup_steps, seed=seed)
     setup_s = time.perf_counter() - t_setup
     rec = _recorder(stamp_every)
-    t0 = time.perf_counter()
-    model.learn(total_timesteps=env_steps, callback=rec)
+    resumed: list[int] = []
+    prior_s = 0.0  # the learn() time of the snapshot's steps (a resumed run)
+    if work_dir is not None and os.path.isfile(os.path.join(work_dir, SNAPSHOT_META)):
+        resumed, prior_s = _load_snapshot(model, rec, work_dir)
+    t0 = time.perf_counter() - prior_s
+    if work_dir is None:
+        model.learn(total_timesteps=env_steps, callback=rec)
+    else:
+        os.makedirs(work_dir, exist_ok=True)
+        while model.num_timesteps < env_steps:
+            n = min(segment - model.num_timesteps % segment, env_steps - model.num_timesteps)
+            model.learn(total_timesteps=n, callback=rec, reset_num_timesteps=model.num_timesteps == 0)
+            _save_snapshot(model, rec, work_dir, resumed, time.perf_counter() - t0)
     wall = time.perf_counter() - t0
     returns = evaluate(model, env_id, eval_episodes, seed + 10_000) if eval_episodes else []
     out = {"wall_s": wall, "setup_s": setup_s, "env_steps": int(model.num_timesteps), "updates": int(model._n_updates),
-           "stamps": rec.stamps, "episodes": rec.episodes, "eval_returns": returns, "settings": settings(model)}
+           "stamps": rec.stamps, "episodes": rec.episodes, "eval_returns": returns, "settings": settings(model),
+           "resumed_from": resumed}
     model.env.close()
     return out
+
+
+SNAPSHOT_META, SNAPSHOT_STATE, SNAPSHOT_BUFFER = "snapshot.json", "snapshot_state.msgpack", "snapshot_buffer.npz"
+_BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def _snapshot_trees(model: Any) -> dict:
+    pol = model.policy
+    return {"actor_state": pol.actor_state, "qf_state": pol.qf_state, "ent_coef_state": model.ent_coef_state,
+            "key": model.key, "policy_key": pol.key, "noise_key": pol.noise_key}
+
+
+def _save_snapshot(model: Any, rec: Any, work_dir: str, resumed: list[int], wall_s: float) -> None:
+    """An sbx model's train states and keys (msgpack, flax.serialization), its replay buffer's filled rows
+    (npz) and the counters and recorder lists (JSON): no pickle. Each file is written whole, then renamed."""
+    import flax.serialization
+    import jax
+
+    def put(name: str, write: Any) -> None:
+        tmp = os.path.join(work_dir, name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, os.path.join(work_dir, name))
+
+    state = flax.serialization.to_state_dict(jax.device_get(_snapshot_trees(model)))
+    put(SNAPSHOT_STATE, lambda f: f.write(flax.serialization.msgpack_serialize(state)))
+    rb = model.replay_buffer
+    n = rb.buffer_size if rb.full else rb.pos
+    put(SNAPSHOT_BUFFER, lambda f: np.savez(f, **{k: getattr(rb, k)[:n] for k in _BUFFER_FIELDS}))
+    meta = {"num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+            "episode_num": int(model._episode_num), "rb_pos": int(rb.pos), "rb_full": bool(rb.full),
+            "episodes": rec.episodes, "stamps": rec.stamps, "resumed_from": resumed, "wall_s": wall_s}
+    put(SNAPSHOT_META, lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _load_snapshot(model: Any, rec: Any, work_dir: str) -> tuple[list[int], float]:
+    """Restore what :func:`_save_snapshot` wrote into a fresh model of the same settings (``np.load`` with
+    ``allow_pickle=False``); returns the env steps resumed at so far (this one included) and the learn()
+    seconds of the restored steps."""
+    import flax.serialization
+
+    with open(os.path.join(work_dir, SNAPSHOT_META)) as f:
+        meta = json.load(f)
+    with open(os.path.join(work_dir, SNAPSHOT_STATE), "rb") as f:
+        state = flax.serialization.msgpack_restore(f.read())
+    trees = flax.serialization.from_state_dict(_snapshot_trees(model), state)
+    model.policy.actor_state, model.policy.qf_state = trees["actor_state"], trees["qf_state"]
+    model.ent_coef_state, model.key = trees["ent_coef_state"], trees["key"]
+    model.policy.key, model.policy.noise_key = trees["policy_key"], trees["noise_key"]
+    rb = model.replay_buffer
+    with np.load(os.path.join(work_dir, SNAPSHOT_BUFFER), allow_pickle=False) as z:
+        for k in _BUFFER_FIELDS:
+            getattr(rb, k)[: len(z[k])] = z[k]
+    rb.pos, rb.full = meta["rb_pos"], meta["rb_full"]
+    model.num_timesteps, model._n_updates, model._episode_num = meta["num_timesteps"], meta["n_updates"], meta["episode_num"]
+    rec.episodes = [tuple(e) for e in meta["episodes"]]
+    rec.stamps = [tuple(s) for s in meta["stamps"]]
+    rec.t0 = time.perf_counter() - meta["wall_s"]
+    rec.resume_at(meta["num_timesteps"])
+    return [*meta["resumed_from"], meta["num_timesteps"]], float(meta["wall_s"])
 
 
 def evaluate(model: Any, env_id: str, episodes: int, seed: int) -> list[float]:

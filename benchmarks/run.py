@@ -32,7 +32,10 @@ The peers suites (section 6 and 7 of the Markdown; see :func:`suite_peers` and
   mean of the last 10 episodes' returns every 5000 env steps (1000 for runs under 50k steps), options
   ``--steps --seeds --envs --learn-sides``. Each finished (side, env, seed, steps) run is written to
   the results JSON at once and skipped when the command is run again (also from an earlier day's file
-  of this host), so an interrupted run resumes where it stopped. Not in the default set.
+  of this host, or another ``--out`` of it: the sides can run in parallel processes). A run under way
+  checkpoints into ``benchmarks/.partial/`` every 10k steps (ours: ``--resume`` checkpoints; sbx: its
+  train states, replay buffer and counters, no pickle), so a killed run resumes from there, its current
+  episode restarted. Not in the default set.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -56,6 +60,8 @@ REPO = HERE.parent
 PROJECT_VENV = REPO / ".venv"
 REF_VENV = HERE / ".ref-venv"
 RESULTS = HERE / "results"
+#: peers-learning: the checkpoints of runs under way, so that a killed run resumes (removed once recorded).
+PARTIAL = HERE / ".partial"
 WORKDIR = Path(tempfile.gettempdir()) / "emote_jax_bench"  # workers' cwd: MuJoCo writes MUJOCO_LOG.TXT there
 
 # The reference's install. emote-rl 23.0.0 pins setuptools==59.5, which torch 2.13 (setuptools>=77)
@@ -669,20 +675,25 @@ def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
                 peers_side = b.peers()
             env_id, load0, t0 = ENVS[env][0], _load(), time.perf_counter()
             _say(f"peers-learning: {side} {env_id} seed {seed}, {steps} env steps")
+            work = PARTIAL / f"{side}-{env}-{seed}-{steps}"  # an unfinished run's state (sb3: not resumable)
             if side == "ours":
-                res = ours_side("train_sac_run", env_id=env_id, env_steps=steps, seed=seed, eval_episodes=eval_episodes)
+                res = ours_side("train_sac_run", env_id=env_id, env_steps=steps, seed=seed, eval_episodes=eval_episodes,
+                                work_dir=str(work))
                 entry = {"episodes": res["episodes"], "eval_returns": res["result"]["eval_returns"],
                          "wall_s": res["result"]["train_wall_s"], "updates": res["result"]["bp_steps"],
+                         "resumed_from": res["resumed_from"],
                          "settings": {k: v for k, v in res["config"].items() if k not in ("env_id", "env_steps", "seed")}}
             else:
                 res = peers_side("sac_run", algo=side, env_id=env_id, env_steps=steps, seed=seed, k=1,
-                                 stamp_every=1000, eval_episodes=eval_episodes)
+                                 stamp_every=1000, eval_episodes=eval_episodes,
+                                 work_dir=str(work) if side == "sbx" else None)
                 entry = {"episodes": res["episodes"], "eval_returns": res["eval_returns"], "wall_s": res["wall_s"],
-                         "updates": res["updates"], "settings": res["settings"]}
+                         "updates": res["updates"], "resumed_from": res["resumed_from"], "settings": res["settings"]}
             entry.update(side=side, env=env, env_id=env_id, seed=seed, env_steps=steps, run_s=time.perf_counter() - t0,
                          load_start=load0, load_end=_load(), finished=_dt.datetime.now().isoformat(timespec="seconds"),
                          git=_git_state())
             runs[f"{side}/{env}/{seed}/{steps}"] = entry
+            shutil.rmtree(work, ignore_errors=True)  # the run is in the results now
             ev = statistics.fmean(entry["eval_returns"]) if entry["eval_returns"] else float("nan")
             _say(f"peers-learning: {side} {env_id} seed {seed}: eval {ev:.0f}, {entry['wall_s']:.0f} s")
             save(out)
