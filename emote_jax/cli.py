@@ -131,6 +131,16 @@ def _checkpoints_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a run directory written by `emote-jax train` (its checkpoints/)")
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the trained policy of a run directory to ONNX (the onnx extra)",
+                       description="Write policy.onnx (the deterministic action, dynamic batch B; inputs named obs or "
+                                   "by the Dict observation's keys, output action) and policy.json (inputs, the action's "
+                                   "scaling to the env, opset, versions). Needs pip install 'emote-jax[onnx]'.")
+    _add_debug(p, argparse.SUPPRESS)
+    p.add_argument("run_dir", help="a run directory written by `emote-jax train` (config.json, policy/)")
+    p.add_argument("--out", default=None, help="the directory to write to (default: RUN_DIR)")
+
+
 def build_parser(algo: str = DEFAULT_ALGO) -> argparse.ArgumentParser:
     """The ``emote-jax`` parser, its ``train`` options those of ``algo`` (errors raise :class:`UsageError`)."""
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], epilog=EXIT_STATUSES,
@@ -140,6 +150,7 @@ def build_parser(algo: str = DEFAULT_ALGO) -> argparse.ArgumentParser:
     _train_parser(sub, ALGORITHMS.get(algo, ALGORITHMS[DEFAULT_ALGO]))  # an unknown --algo: argparse says so
     _eval_parser(sub)
     _checkpoints_parser(sub)
+    _export_parser(sub)
     return parser
 
 
@@ -280,6 +291,15 @@ def _eval(args: dict[str, Any]) -> int:
     return 0
 
 
+def _export(args: dict[str, Any]) -> int:
+    from emote_jax.onnx_export import META_FILE, export_run
+
+    run_dir = _run_dir(args["run_dir"], "export")
+    path = export_run(run_dir, args["out"])
+    print(f"wrote {path} and {path.with_name(META_FILE)}")
+    return 0
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -320,7 +340,8 @@ def _checkpoints(args: dict[str, Any]) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[dict[str, Any]], int]] = {"train": _train, "eval": _eval, "checkpoints": _checkpoints}
+_COMMANDS: dict[str, Callable[[dict[str, Any]], int]] = {"train": _train, "eval": _eval, "checkpoints": _checkpoints,
+                                                       "export": _export}
 
 
 # ---- errors and warnings as one line ---------------------------------------------------------------------
