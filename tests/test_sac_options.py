@@ -63,8 +63,8 @@ def test_only_hyperparameters_may_be_infinite_in_a_checkpoint(value, path, ok):
     assert _saveable(np.array([1.0, value], np.float32), path) is ok
 
 
-EMOTE = {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1", "warmup_steps": 1_000,
-         "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"}
+EMOTE = {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1", "policy_head_init": "xavier",
+         "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"}
 
 
 def test_the_emote_preset_is_the_reference_settings():
@@ -82,6 +82,32 @@ def test_the_defaults_are_pinned():
     assert (d.hidden_dims, d.lr_q, d.lr_policy, d.lr_alpha, d.gamma, d.tau) == ((256, 256), 3e-4, 3e-4, 3e-4, 0.99, 0.005)
     assert (d.max_grad_norm, d.max_alpha, d.initial_alpha, d.policy_q, d.critic, d.preset) == \
         (10.0, 0.2, 1.0, "min", "mse", None)
+    assert d.policy_head_init == "orthogonal"
+
+
+@pytest.mark.parametrize("head_init", ["orthogonal", "xavier"])
+def test_the_policy_heads_init_is_the_one_asked_for(head_init):
+    """orthogonal(0.01): W W^T = 1e-4 I (rows orthonormal, scaled); xavier-uniform(0.01): entries uniform in
+    +-0.01 sqrt(6 / (fan_in + fan_out)), variance bound^2 / 3, rows not orthogonal."""
+    import jax
+
+    from emote_jax.networks.sac import GaussianPolicy
+
+    net = GaussianPolicy(6, (256, 256), head_init)
+    params = net.init(jax.random.key(0), np.zeros((1, 17), np.float32))["params"]
+    for head in ("mean", "log_std"):
+        w = np.asarray(params[head]["kernel"], np.float64)  # (256, 6)
+        assert not np.any(params[head]["bias"])
+        gram = w.T @ w
+        bound = 0.01 * np.sqrt(6.0 / (256 + 6))
+        if head_init == "orthogonal":
+            np.testing.assert_allclose(gram, 1e-4 * np.eye(6), atol=1e-9)
+        else:
+            assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+            assert np.var(w) == pytest.approx(bound**2 / 3, rel=0.1)
+            assert np.abs(gram - np.diag(np.diag(gram))).max() > 1e-6
+    with pytest.raises(ConfigError, match="--policy-head-init .he. is not valid"):
+        SACConfig(policy_head_init="he").validate()
 
 
 def test_an_unknown_preset_is_refused_naming_the_choices():

@@ -299,6 +299,8 @@ class SACHParams:
     max_grad_norm: float = 10.0
     # the Q of the policy loss: "min" = min(Q1, Q2) (SAC's paper, sbx, SB3), "q1" = Q1 only (the reference's default)
     policy_q: str = "min"
+    # the policy head's kernels: "orthogonal" (gain 0.01) or "xavier" (xavier-uniform gain 0.01, the reference's)
+    policy_head_init: str = "orthogonal"
     # the critics: "mse" (the reference's SAC) or "hl-gauss" (HLGaussQNet over num_bins bins on [v_min, v_max])
     critic: str = "mse"
     num_bins: int = 101
@@ -352,7 +354,7 @@ def make_sac_callbacks(
         raise ValueError(f"policy_q: expected 'min' (min(Q1, Q2)) or 'q1' (Q1 only), got {hp.policy_q!r}")
     q_net = hp.q_network()
     q_loss = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
-    policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims))
+    policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims), hp.policy_head_init)
     if dict_obs:  # per-key encoders in front of the trunks; the losses take the observation dict
         if hp.critic != "mse":
             raise ValueError(f"critic={hp.critic!r} takes flat Box observations; Dict observations need critic='mse'")

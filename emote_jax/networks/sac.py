@@ -51,13 +51,24 @@ class GaussianPolicy(nn.Module):
 
     action_dim: int
     hidden_dims: Sequence[int] = (256, 256)
+    #: The mean and log-std layers' kernels: ``"orthogonal"`` (gain 0.01, the default) or ``"xavier"``
+    #: (xavier-uniform, gain 0.01: the reference's ``GaussianPolicyHead``). Biases start at zero either way.
+    head_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = MLP(self.hidden_dims)(obs)
-        mean = jnp.clip(_dense(self.action_dim, 0.01, name="mean")(h), -MEAN_CLAMP, MEAN_CLAMP)
-        log_std = jnp.clip(_dense(self.action_dim, 0.01, name="log_std")(h), LOG_STD_MIN, LOG_STD_MAX)
+        mean = jnp.clip(self._head("mean")(h), -MEAN_CLAMP, MEAN_CLAMP)
+        log_std = jnp.clip(self._head("log_std")(h), LOG_STD_MIN, LOG_STD_MAX)
         return mean, jnp.exp(log_std)
+
+    def _head(self, name: str) -> nn.Dense:
+        if self.head_init == "orthogonal":
+            return _dense(self.action_dim, 0.01, name=name)
+        if self.head_init == "xavier":  # variance_scaling(gain**2, fan_avg, uniform) is xavier_uniform(gain)
+            init = nn.initializers.variance_scaling(0.01**2, "fan_avg", "uniform")
+            return nn.Dense(self.action_dim, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
+        raise ValueError(f"GaussianPolicy: expected head_init 'orthogonal' or 'xavier', got {self.head_init!r}")
 
 
 def squashed_log_prob(u: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:

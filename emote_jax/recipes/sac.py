@@ -51,6 +51,7 @@ class SACConfig(RunConfig):
     max_alpha: float = _HP.max_alpha
     max_grad_norm: float = _HP.max_grad_norm
     policy_q: str = _HP.policy_q
+    policy_head_init: str = _HP.policy_head_init
     critic: str = _HP.critic
     num_bins: int = _HP.num_bins
     v_min: float | None = _HP.v_min
@@ -58,10 +59,12 @@ class SACConfig(RunConfig):
     hl_sigma_ratio: float = _HP.hl_sigma_ratio
 
     #: ``--preset emote``: the reference's (emote-rl 23.0.0) SAC settings, for parity runs: critics' and
-    #: policy's gradients clipped to norm 10, alpha capped at 0.2, the policy against Q1 alone, 1,000
+    #: policy's gradients clipped to norm 10, alpha capped at 0.2, the policy against Q1 alone, its head
+    #: initialised xavier-uniform (gain 0.01), 1,000
     #: random warm-up steps, one update per env step.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "emote": {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1",
+                  "policy_head_init": "xavier",
                   "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"},
     }
 
@@ -79,6 +82,7 @@ class SACConfig(RunConfig):
             ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
             ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
             ("policy_q", self.policy_q in ("min", "q1"), "'min' (min(Q1, Q2)) or 'q1' (Q1 only)"),
+            ("policy_head_init", self.policy_head_init in ("orthogonal", "xavier"), "'orthogonal' or 'xavier'"),
             ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
             *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
         ]
@@ -130,6 +134,9 @@ def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
                    help="every loss clips its gradient to this global norm ('inf': no clipping)")
     p.add_argument("--policy-q", choices=("min", "q1"), default=d.policy_q,
                    help="the Q the policy maximises: min(Q1, Q2), or Q1 only (the reference's default)")
+    p.add_argument("--policy-head-init", choices=("orthogonal", "xavier"), default=d.policy_head_init,
+                   help="the policy's mean/log-std kernels: orthogonal gain 0.01, or xavier-uniform gain 0.01 "
+                        "(the reference's) (default: %(default)s)")
     add_critic_options(p, d)
 
 
@@ -206,7 +213,7 @@ def make_callbacks(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int,
 
 def make_net(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int) -> GaussianPolicy | EncodedPolicy:
     """The policy network of a SAC run (what ``policy/`` holds the parameters of)."""
-    policy = GaussianPolicy(n_actions, tuple(cfg.hidden_dims))
+    policy = GaussianPolicy(n_actions, tuple(cfg.hidden_dims), cfg.policy_head_init)
     return encoded_policy(obs_dim, policy) if isinstance(obs_dim, Mapping) else policy
 
 
