@@ -12,6 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 
+import jax
 import numpy as np
 import pytest
 
@@ -207,6 +208,28 @@ def test_masks_are_zero_only_at_the_end_of_a_terminated_episode():
     last_t = s["observation"]["obs"].reshape(400, 2, 3)[:, -1, 2]
     last_a = s["observation"]["obs"].reshape(400, 2, 3)[:, -1, 0]
     np.testing.assert_array_equal(s["masks"][:, 0], np.where((last_a == 0) & (last_t == 2), 0.0, 1.0))
+
+
+def test_the_one_step_layout_gives_every_row_its_own_next_observation_and_mask():
+    """``n_step=False`` (the reference's default table): T transitions per window, each with obs_{t+1},
+    its own mask (0 only for the last step of a TERMINATED episode) and truncation flag."""
+    table, proxy = make()
+    drive(proxy, {0: episode_stream(0, 0, 4, TERMINAL), 1: episode_stream(1, 0, 4, INTERRUPTED)})
+    s = table.sample(2, 3, num_batches=150, n_step=False)  # 300 windows, 2 per batch (8 transitions stored)
+    assert s["next_observation"]["obs"].shape == (150, 6, 3) and s["next_observation"]["grid"].shape == (150, 6, 2, 2)
+    for k in ("masks", "terminated", "truncated"):
+        assert s[k].shape == (150, 6, 1) and s[k].dtype == np.float32
+    s = jax.tree.map(lambda x: x.reshape(900, *x.shape[2:]), s)
+    obs = s["observation"]["obs"].astype(int)  # (900, 3): rows i*3 .. i*3+2 one window
+    np.testing.assert_array_equal(s["next_observation"]["obs"], obs + [0, 0, 1])  # each row's obs_{t+1}
+    a, t = obs[:, 0], obs[:, 2]
+    end_term, end_trunc = (a == 0) & (t == 3), (a == 1) & (t == 3)
+    assert end_term.any() and end_trunc.any() and (t == 0).any()
+    np.testing.assert_array_equal(s["masks"][:, 0], np.where(end_term, 0.0, 1.0))
+    np.testing.assert_array_equal(s["truncated"][:, 0], end_trunc.astype(np.float32))
+    assert np.all(np.diff(t.reshape(300, 3), axis=1) == 1)  # still windows of consecutive steps
+    one = table.sample(2, 2, n_step=False)  # no K axis
+    assert one["next_observation"]["obs"].shape == (4, 3) and one["masks"].shape == (4, 1)
 
 
 # ---- ejection ------------------------------------------------------------------------------------

@@ -123,6 +123,26 @@ def test_q_target_matches_a_hand_computation():
     np.testing.assert_allclose([t1["w"], t2["w"]], [0.9 * 0.5 + 0.1 * 1.5, 0.9 * 0.25 - 0.1 * 0.75], rtol=1e-6)
 
 
+def test_q_target_of_the_one_step_layout_is_one_step_per_row():
+    """The reference's default table (``n_step=False``): 2 windows of T=2 rows, each row with its own
+    next observation and mask, give 4 one-step targets ``r + gamma * mask * V(next_obs)``."""
+    gamma = 0.9
+    qt = QTarget(q=LinearQ(), policy=FixedPolicy(), gamma=gamma, tau=0.1)
+    qt.init_targets({"w": jnp.asarray(0.5)}, {"w": jnp.asarray(0.25)})
+    rewards = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)
+    next_obs = np.array([[2.0, 1.0], [4.0, -1.0], [-3.0, 0.0], [1.0, 1.0]], np.float32)
+    masks = np.array([[1.0], [0.0], [1.0], [1.0]], np.float32)
+    batch = {"default": {"observation": {"obs": np.zeros((4, 2), np.float32)}, "next_observation": {"obs": next_obs},
+                         "actions": np.zeros((4, 1), np.float32), "rewards": rewards, "masks": masks}}
+    state = {"q_target": qt.init_state(jax.random.key(0)), "policy": {"params": {"b": jnp.asarray(0.0)}},
+             "alpha": {"params": {"ln_alpha": jnp.asarray(-60.0)}}}
+    ctx = Context(state=state, batch=jax.tree.map(jnp.asarray, batch), key=jax.random.key(0), metrics={}, bp_step=1)
+    out = qt.begin_batch(ctx)
+    a_next = np.tanh(next_obs[:, 0] / 10.0)
+    v = np.minimum(0.5 * next_obs.sum(1) + a_next, 0.25 * next_obs.sum(1) + a_next) * masks[:, 0]
+    np.testing.assert_allclose(out.batch["default"]["q_target"][:, 0], rewards[:, 0] + gamma * v, rtol=1e-5)
+
+
 def test_q_target_entropy_term_uses_alpha_and_logp():
     qt = QTarget(q=LinearQ(), policy=FixedPolicy(), gamma=0.5)
     qt.init_targets({"w": jnp.asarray(1.0)}, {"w": jnp.asarray(1.0)})

@@ -34,6 +34,9 @@ class MemoryLoader:
         prefetch: sample the next batch on a background daemon thread and ``jax.device_put`` it while
             the consumer works (arrays then are ``jax.Array``; otherwise NumPy).
         prefetch_depth: batches the prefetch thread may hold ready.
+        n_step: True: one n-step target per window (``next_observation``/``masks`` per window). False:
+            the reference's default table, T independent one-step transitions per window
+            (``next_observation``/``masks``/``terminated``/``truncated`` per row, ``count*T`` rows).
 
     Readiness (as in the reference): ``table.size() >= rollout_count * rollout_length``. Rollouts are
     drawn with replacement and the table's size check is per batch, so K > 1 needs no more data. A
@@ -56,6 +59,7 @@ class MemoryLoader:
         steps_per_call: int = 1,
         prefetch: bool = False,
         prefetch_depth: int = 2,
+        n_step: bool = True,
     ):
         where = "MemoryLoader"
         self.table = table
@@ -68,6 +72,7 @@ class MemoryLoader:
         self.size_key = size_key
         self.data_group = data_group
         self.prefetch = bool(prefetch)
+        self.n_step = bool(n_step)
         self._prefetchers: set[_Prefetcher] = set()
         self._prefetchers_lock = threading.Lock()
 
@@ -89,7 +94,8 @@ class MemoryLoader:
                 f"sampling, got {self.table.size()}. Check is_ready() first, or add a MemoryWarmup."
             )
         k = self.steps_per_call
-        data = self.table.sample(self.rollout_count, self.rollout_length, num_batches=k if k > 1 else None)
+        data = self.table.sample(self.rollout_count, self.rollout_length, num_batches=k if k > 1 else None,
+                                 n_step=self.n_step)
         return {self.data_group: data, self.size_key: self.batch_size}
 
     def __iter__(self) -> Iterator[Batch]:

@@ -284,7 +284,8 @@ class ReplayTable:
             return True
 
     # ---- reading ---------------------------------------------------------------------------------
-    def sample(self, count: int, rollout_length: int = 1, *, num_batches: int | None = None) -> dict[str, Any]:
+    def sample(self, count: int, rollout_length: int = 1, *, num_batches: int | None = None,
+               n_step: bool = True) -> dict[str, Any]:
         """Sample ``count`` rollout windows of ``T = rollout_length`` transitions (T consecutive transitions
         of one episode), with replacement, as the table's sampler draws them (uniformly by default).
 
@@ -303,6 +304,10 @@ class ReplayTable:
 
         With ``num_batches=K`` it draws K independent batches in one gather and every array gets a
         leading axis K, e.g. ``actions`` (K, count*T, *action_shape), ``masks`` (K, count, 1).
+
+        ``n_step=False`` is the reference's default table layout: each of the T transitions keeps its own
+        ``next_observation``, ``masks``, ``terminated`` and ``truncated`` (``count*T`` rows each), so a Q
+        target computes T independent one-step targets per window (``weights``/``indices`` stay per window).
 
         Raises ValueError if one batch (``count * T`` transitions) is larger than :meth:`size`, or if no
         window of length T exists.
@@ -323,7 +328,7 @@ class ReplayTable:
                 flat = last = starts
             else:
                 idx = self._chain(starts, t_len)  # (k*count, T)
-                flat, last = idx.reshape(-1), idx[:, -1]
+                flat, last = idx.reshape(-1), (idx[:, -1] if n_step else idx.reshape(-1))
             # ndarray.take(axis=0) gathers rows several times faster than fancy indexing (fresh arrays too)
             terminated = self._terminated.take(last).astype(np.float32).reshape(-1, 1)
             out = {

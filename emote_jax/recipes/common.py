@@ -139,7 +139,8 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         table = ReplayTable(cfg.memory_size, obs_spec, action_shape, action_dtype=actions.dtype, seed=cfg.seed,
                             sampler=replay_sampler(cfg))
         loader = MemoryLoader(table, cfg.batch_size // cfg.rollout_length, cfg.rollout_length,
-                              steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch)
+                              steps_per_call=cfg.steps_per_call, prefetch=cfg.prefetch,
+                              n_step=cfg.rollout_targets == "n-step")
         callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
         collector = _collector(algo, cfg, env, algo.collector_policy(net, cfg.act_on_host), MemoryProxy(table),
                                actions)

@@ -22,6 +22,7 @@ from emote_jax.errors import ConfigError
 Check = tuple[str, bool, str]
 #: The values of ``--replay`` (:mod:`emote_jax.memory.samplers`).
 REPLAY_KINDS = ("uniform", "prioritized", "coverage")
+ROLLOUT_TARGETS = ("n-step", "one-step")
 
 
 def _finite(value: Any) -> bool:
@@ -41,6 +42,9 @@ class RunConfig:
     act_on_host: bool = True  # the collector evaluates the policy with NumPy on a host copy of its params
     batch_size: int = 256
     rollout_length: int = 1
+    # the targets of a window of rollout_length steps: "n-step" (one per window) or "one-step" (T
+    # independent one-step targets, the reference's default table)
+    rollout_targets: str = "n-step"
     memory_size: int = 1_000_000
     warmup_steps: int = 1_000
     random_warmup: bool = True
@@ -103,6 +107,7 @@ class RunConfig:
             ("batch_size", self.batch_size % self.rollout_length == 0,
              f"a multiple of rollout_length ({self.rollout_length})"),
             ("replay", self.replay in REPLAY_KINDS, f"one of {', '.join(REPLAY_KINDS)}"),
+            ("rollout_targets", self.rollout_targets in ROLLOUT_TARGETS, f"one of {', '.join(ROLLOUT_TARGETS)}"),
             ("per_alpha", _finite(self.per_alpha) and self.per_alpha >= 0, ">= 0"),
             ("per_beta", _finite(self.per_beta) and 0 <= self.per_beta <= 1, "in [0, 1]"),
             ("per_eps", _finite(self.per_eps) and self.per_eps > 0, "> 0"),
@@ -190,7 +195,11 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--act-on-device", dest="act_on_host", action="store_false",
                    help="act with the jitted policy instead of its NumPy mirror on the host")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--rollout-length", type=int, default=d.rollout_length, help="n-step length")
+    p.add_argument("--rollout-length", type=int, default=d.rollout_length,
+                   help="transitions per sampled window (T): the n-step length, see --rollout-targets")
+    p.add_argument("--rollout-targets", choices=ROLLOUT_TARGETS, default=d.rollout_targets,
+                   help="n-step: one n-step target per window; one-step: T independent one-step targets per "
+                        "window (the reference's default table) (default: %(default)s)")
     p.add_argument("--memory-size", type=int, default=d.memory_size)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="random-action env steps first")
     p.add_argument("--no-random-warmup", dest="random_warmup", action="store_false",
