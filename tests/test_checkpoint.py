@@ -333,3 +333,26 @@ def test_a_directory_with_later_checkpoints_is_refused_rather_than_mixed(tmp_pat
         t.train(lambda: t.bp_step > 3)
     assert "already holds checkpoints of steps [5, 10], later than this run's step 0" in str(err.value)
     assert checkpoint_steps(tmp_path / "ck") == [5, 10]
+
+
+@pytest.mark.parametrize("load_hparams", [True, False])
+def test_sac_hyperparameters_that_differ_from_the_running_ones_come_back_exactly_when_asked(tmp_path, load_hparams):
+    """AlphaLoss's extras (target entropy, alpha cap), QTarget's hparams (gamma, tau, reward scale) and a
+    loss's learning rate, saved with values other than a fresh run's, are restored only with load_hparams."""
+    from emote_jax.algorithms import make_sac_callbacks
+    from test_sac_parity import _batch  # tests/ is on sys.path under pytest
+
+    def data(n):
+        return [{"default": _batch(seed=s), "batch_size": 16} for s in range(n)]
+
+    saved, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(8,), gamma=0.9,
+                                  tau=0.02, reward_scale=3.0, target_entropy=-5.0, max_alpha=0.5, lr_q=1e-3)
+    Trainer([*saved, Checkpointer(saved, tmp_path / "ck", None)], data(2)).train()
+    running, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(1), hidden_dims=(8,))
+    t = Trainer(running, data(1))
+    ctx = CheckpointLoader(running, tmp_path / "ck", load_hparams=load_hparams).load(t._host_ctx())
+    hp, extra = ctx.state["q_target"]["hparams"], ctx.state["alpha"]["extra"]
+    got = (float(hp["gamma"]), float(hp["tau"]), float(hp["reward_scale"]), float(extra["target_entropy"]),
+           float(np.exp(extra["max_ln_alpha"])), float(ctx.state["q1"]["opt_state"].hyperparams["learning_rate"]))
+    expected = (0.9, 0.02, 3.0, -5.0, 0.5, 1e-3) if load_hparams else (0.99, 0.005, 1.0, -2.0, 0.2, 3e-4)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

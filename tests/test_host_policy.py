@@ -45,6 +45,28 @@ def test_sampled_actions_equal_the_flax_forward_with_the_same_noise():
     assert np.any(np.asarray(std) == pytest.approx(np.exp(2.0))) or np.any(np.asarray(std) < 1e-8)
 
 
+def test_sampled_actions_follow_the_policys_squashed_gaussian():
+    """20,000 draws at one observation: atanh(action) standardised by the Flax policy's (mean, std) is
+    N(0, 1) per action dimension (KS test), with mean and variance within 4 standard errors."""
+    from scipy import stats
+
+    net = GaussianPolicy(3, (32, 16))
+    params = net.init(jax.random.key(4), jnp.zeros((1, 5)))
+    params = jax.tree_util.tree_map_with_path(  # means of order 1 and stds below 1, away from the clamps
+        lambda path, x: x * 40.0 if any(getattr(p, "key", None) in ("mean", "log_std") for p in path) else x, params)
+    obs = np.random.default_rng(3).standard_normal((1, 5)).astype(np.float32)
+    mean, std = (np.asarray(x, np.float64)[0] for x in net.apply(params, obs))
+    assert np.all(np.abs(mean) > 0.05) and np.all(std < 0.95) and np.all(np.abs(mean) + 3 * std < 3.0)
+    host = GaussianHostPolicy(net)
+    n = 20_000
+    actions = host.act(host.to_host(params), np.repeat(obs, n, axis=0), np.random.default_rng(11))
+    z = (np.arctanh(actions.astype(np.float64)) - mean) / std
+    for d in range(3):
+        assert abs(z[:, d].mean()) < 4 / np.sqrt(n), d
+        assert abs(z[:, d].var() - 1.0) < 4 * np.sqrt(2 / n), d
+        assert stats.kstest(z[:, d], "norm").pvalue > 1e-3, d
+
+
 def test_deterministic_actions_equal_mode_action():
     net, params = _policy(seed=3)
     obs = np.random.default_rng(2).standard_normal((16, 5)).astype(np.float32)

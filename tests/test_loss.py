@@ -110,7 +110,8 @@ def test_load_state_dict_restores_only_the_selected_parts():
     sd = cb.state_dict(trained)
 
     def same(a, b):
-        return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        return jax.tree.structure(a) == jax.tree.structure(b) and all(
+            np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
     only_net = cb.load_state_dict(fresh, sd, load_network=True, load_optimizer=False, load_hparams=False)
     assert same(only_net["params"], trained["params"])

@@ -183,6 +183,7 @@ def test_sac_step_runs_updates_every_network_and_clamps_alpha():
     before = jax.tree.map(np.asarray, t.ctx.state)
     ctx = t.train()
     for name in ("q1", "q2", "policy"):
+        assert jax.tree.structure(before[name]["params"]) == jax.tree.structure(ctx.state[name]["params"])
         changed = [not np.array_equal(a, b) for a, b in
                    zip(jax.tree.leaves(before[name]["params"]), jax.tree.leaves(ctx.state[name]["params"]))]
         assert all(changed), name
@@ -190,7 +191,11 @@ def test_sac_step_runs_updates_every_network_and_clamps_alpha():
     assert np.all(ctx.metrics["alpha/alpha"] <= 0.2 + 1e-6)
     # targets moved by Polyak from the initial online params but stay distinct from the online ones
     t1 = ctx.state["q_target"]["target_params"][0]
-    assert not np.array_equal(jax.tree.leaves(t1)[0], jax.tree.leaves(before["q_target"]["target_params"][0])[0])
+    assert jax.tree.structure(t1) == jax.tree.structure(ctx.state["q1"]["params"])
+    for target, start, online in zip(jax.tree.leaves(t1), jax.tree.leaves(before["q_target"]["target_params"][0]),
+                                     jax.tree.leaves(ctx.state["q1"]["params"])):
+        assert not np.array_equal(target, start)  # moved
+        assert not np.allclose(target, online)  # by Polyak (tau 0.005), not a hard copy of the online params
     assert t.num_compilations == 1
     for k in ("q1/loss", "q2/loss", "policy/loss", "alpha/loss", "q1/grad_norm", "policy/lr", "alpha/alpha"):
         assert np.all(np.isfinite(ctx.metrics[k])), k
@@ -202,8 +207,10 @@ def test_alpha_target_entropy_defaults_to_minus_n_actions_and_accepts_a_schedule
     assert a.target_entropy == -3.0
     sched = AlphaLoss(policy=pol, n_actions=3, target_entropy=lambda count: -1.0 - count.astype(jnp.float32))
     slot = sched.init_state(jax.random.key(0))
-    ctx = Context(state={"alpha": slot}, batch=None, key=jax.random.key(0), metrics={}, bp_step=1)
-    assert float(sched._target_entropy(ctx)) == -1.0
+    for count in (0, 1, 7, 250):  # the schedule is read at the loss's optimizer count
+        at = {**slot, "opt_state": slot["opt_state"]._replace(count=jnp.asarray(count, jnp.int32))}
+        ctx = Context(state={"alpha": at}, batch=None, key=jax.random.key(0), metrics={}, bp_step=count + 1)
+        assert float(sched._target_entropy(ctx)) == -1.0 - count
 
 
 def test_q_target_names_a_badly_shaped_batch():
