@@ -317,3 +317,34 @@ def test_the_bar_fits_the_terminal_width():
     assert wide.startswith(" 45% |###########--------------| 6750/15000 env steps | return -125.0 |")
     narrow = bar.render(5000, bar._t0 + 21, 70)
     assert len(narrow) <= 69 and narrow.startswith(" 45% |####------| 6750/15000 | ret -125.0 |")
+
+
+def test_the_reference_names_map_every_sac_metric_the_reference_logs(tmp_path):
+    """``names="emote"``: a SAC run's scalars under the reference's tags, with the values of the same run
+    logged under emote_jax's names; the tags the reference logs that emote_jax adds for it are there."""
+    import jax
+
+    from emote_jax.algorithms import make_sac_callbacks
+    from emote_jax.logging.names import reference_name
+    from test_sac_parity import _batch  # tests/ is on sys.path under pytest
+
+    def run_named(names):
+        rec = Recorder()
+        cbs, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(8,))
+        logger = MetricsLogger([rec], log_interval=2, histogram_interval=None, names=names)
+        Trainer([*cbs, logger], [{"default": _batch(seed=s), "batch_size": 16} for s in range(4)], seed=0).train()
+        return rec.scalars[4]
+
+    ours, ref = run_named("emote_jax"), run_named("emote")
+    expected = {"loss/q1_loss", "loss/q2_loss", "loss/policy_loss", "loss/alpha_loss", "loss/q1_lr", "loss/policy_lr",
+                "loss/q1_gradient_norm", "training/q1_prediction", "training/q_target", "training/scaled_reward",
+                "training/min_next_q_target", "training/next_logp_pi", "training/alpha_value", "training/entropy",
+                "training/target_entropy", "policy/q_pi_min", "policy/logp_pi", "loss/q1_loss/windowed"}
+    assert expected <= set(ref), expected - set(ref)
+    assert {reference_name(k): v for k, v in ours.items()} == ref  # the same values, renamed
+    assert ref["training/alpha_value"] <= 0.2 + 1e-6  # after the clamp, as the reference logs it
+    # -E[logp]: the same noise through the policy before (policy loss) and after (alpha loss) its update
+    assert ours["alpha/entropy"] == pytest.approx(-ours["policy/logp_mean"], abs=0.05)
+    assert abs(ours["alpha/entropy"]) > 0.5
+    with pytest.raises(ValueError, match="names one of"):
+        MetricsLogger([Recorder()], names="tensorboard")

@@ -155,11 +155,14 @@ class QTarget(Callback):
         q_next = jnp.minimum(self.q.apply(q1_t, next_obs, next_action), self.q.apply(q2_t, next_obs, next_action))
         alpha = jnp.exp(_ln_alpha(ctx, self.alpha_name))
         v_next = (q_next - alpha * next_logp) * batch["masks"]  # (B, 1): true terminations only
-        returns = discount(rewards * hp["reward_scale"], v_next, hp["gamma"])  # (B, T), n-step
+        scaled = rewards * hp["reward_scale"]
+        returns = discount(scaled, v_next, hp["gamma"])  # (B, T), n-step
         q_target = jax.lax.stop_gradient(returns.reshape(-1, 1))
         new_batch = {**ctx.batch, self.data_group: {**batch, "q_target": q_target}}
-        return ctx.replace(batch=new_batch).log(**{f"{self.name}/q_target_mean": q_target.mean(),
-                                                   f"{self.name}/reward_mean": batch["rewards"].mean()})
+        return ctx.replace(batch=new_batch).log(**{
+            f"{self.name}/q_target_mean": q_target.mean(), f"{self.name}/reward_mean": batch["rewards"].mean(),
+            f"{self.name}/scaled_reward_mean": scaled.mean(), f"{self.name}/min_next_q_mean": q_next.mean(),
+            f"{self.name}/next_logp_mean": next_logp.mean()})
 
     def end_batch(self, ctx: Context) -> Context:
         slot = ctx.slot(self.name)
@@ -268,12 +271,14 @@ class AlphaLoss(LossCallback):
         logp = jax.lax.stop_gradient(logp)
         target_entropy = self._target_entropy(ctx)
         loss = jnp.mean(params["ln_alpha"] * (-logp - target_entropy))
-        return loss, {"alpha": jnp.exp(params["ln_alpha"]), "target_entropy": target_entropy}
+        return loss, {"alpha": jnp.exp(params["ln_alpha"]), "target_entropy": target_entropy,
+                      "entropy": -jnp.mean(logp)}
 
     def backward(self, ctx: Context) -> Context:
         ctx = super().backward(ctx)
         slot = ctx.slot(self.name)
         ln_alpha = jnp.minimum(slot["params"]["ln_alpha"], slot["extra"]["max_ln_alpha"])
+        ctx = ctx.log(**{f"{self.name}/alpha_clamped": jnp.exp(ln_alpha)})  # the reference's training/alpha_value
         return ctx.with_slot(self.name, {**slot, "params": {"ln_alpha": ln_alpha}})
 
 

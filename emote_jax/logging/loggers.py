@@ -40,6 +40,7 @@ import numpy as np
 
 from emote_jax.callback import HostCallback
 from emote_jax.context import Context
+from emote_jax.logging.names import METRIC_NAMES, reference_name
 from emote_jax.logging.sources import MetricSource
 from emote_jax.logging.writers import (
     CSVWriter,
@@ -118,6 +119,9 @@ class MetricsLogger(HostCallback):
         windowed, not_windowed: glob patterns of the device metrics that get a ``name/windowed`` tag
             (default: all but learning rates, the target entropy and non-finite flags, which a window
             only repeats).
+        names: ``"emote_jax"`` (``q1/loss``) or ``"emote"``: the reference's tags (``loss/q1_loss``,
+            ``training/q_target``, ...; :func:`~emote_jax.logging.names.reference_name`). ``include`` and
+            ``exclude`` match the emote_jax names.
         name, order: as for every callback; order 950 runs after collectors (so episodes finished at a
             step are counted at that step).
 
@@ -138,10 +142,15 @@ class MetricsLogger(HostCallback):
         param_histograms: bool = True,
         windowed: Sequence[str] = ("*",),
         not_windowed: Sequence[str] = ("*/lr", "*/target_entropy", "*/nonfinite"),
+        names: str = "emote_jax",
         name: str = "metrics_logger",
         order: int = 950,
     ):
         super().__init__(name=name, order=order, cycle=1)
+        if names not in METRIC_NAMES:
+            raise ValueError(f"{name}: expected names one of {METRIC_NAMES}, got {names!r}")
+        self.names = names
+        self._renamed: dict[str, str] = {}
         writers = list(writers)
         for w in writers:
             if not isinstance(w, MetricWriter):
@@ -288,6 +297,14 @@ class MetricsLogger(HostCallback):
             return True
         return not (self._first <= ctx.bp_step < self._first + max(self._k, 1))
 
+    def _rename(self, tag: str) -> str:
+        if self.names == "emote_jax":
+            return tag
+        out = self._renamed.get(tag)
+        if out is None:
+            out = self._renamed[tag] = reference_name(tag)
+        return out
+
     # ---- writing -------------------------------------------------------------------------------------
     def _log(self, ctx: Context, step: int) -> None:
         self._ingest_until(step)
@@ -308,7 +325,7 @@ class MetricsLogger(HostCallback):
         if self.compile_s is not None and not self._compile_logged:
             scalars["performance/compile_s"] = self.compile_s
             self._compile_logged = True
-        scalars = {k: v for k, v in scalars.items() if self._wanted(k)}
+        scalars = {self._rename(k): v for k, v in scalars.items() if self._wanted(k)}
         self.last_scalars = scalars
         for w in self.writers:
             w.write_scalars(step, scalars)
@@ -324,7 +341,7 @@ class MetricsLogger(HostCallback):
                 hists[tag] = np.asarray(arr)
         for src in self.sources:
             hists.update(src.histograms(ctx, step))
-        hists = {k: v for k, v in hists.items() if self._wanted(k)}
+        hists = {self._rename(k): v for k, v in hists.items() if self._wanted(k)}
         if hists:
             for w in self.writers:
                 w.write_histograms(step, hists)
@@ -434,10 +451,12 @@ def default_logger(
     histogram_interval: int | None = 1000,
     system_interval: int = 1000,
     wandb: Mapping[str, Any] | None = None,
+    names: str = "emote_jax",
     name: str = "metrics_logger",
 ) -> MetricsLogger:
     """The logger ``emote-jax train`` uses: TensorBoard (``run_dir/tensorboard``) and ``run_dir/metrics.csv``,
-    plus W&B when ``wandb`` (keywords of :class:`~emote_jax.logging.writers.WandbWriter`) is given.
+    plus W&B when ``wandb`` (keywords of :class:`~emote_jax.logging.writers.WandbWriter`) is given;
+    ``names="emote"`` writes the reference's tags.
 
     Sources: :class:`~emote_jax.logging.sources.EpisodeMetrics` (streaming ``run_dir/episodes.csv``) and
     :class:`~emote_jax.logging.sources.ThroughputMetrics` of ``collector`` (when given) and
@@ -456,4 +475,4 @@ def default_logger(
         sources.append(ThroughputMetrics())
     sources.append(SystemMetrics(system_interval))
     return MetricsLogger(writers, log_interval=log_interval, histogram_interval=histogram_interval,
-                         sources=sources, name=name)
+                         sources=sources, names=names, name=name)

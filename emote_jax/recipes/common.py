@@ -154,7 +154,8 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         if cfg.run_dir is not None and cfg.log_metrics:
             wandb = ({"project": cfg.wandb_project, "mode": cfg.wandb_mode, "config": cfg.to_json()}
                      if cfg.wandb_project else None)
-            logger = default_logger(cfg.run_dir, collector, log_interval=cfg.metrics_interval, wandb=wandb)
+            logger = default_logger(cfg.run_dir, collector, log_interval=cfg.metrics_interval, wandb=wandb,
+                                    names=cfg.metric_names)
         if cfg.run_dir is not None and cfg.checkpoint_interval > 0:
             checkpointer = Checkpointer([*callbacks, collector], Path(cfg.run_dir) / "checkpoints",
                                         cfg.checkpoint_interval, keep=cfg.keep_checkpoints, memory=table)

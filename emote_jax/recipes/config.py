@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from emote_jax.errors import ConfigError
+from emote_jax.logging.names import METRIC_NAMES
 
 #: A check of :meth:`RunConfig.validate`: ``(field name, whether it holds, what was expected)``.
 Check = tuple[str, bool, str]
@@ -62,6 +63,7 @@ class RunConfig:
     run_dir: str | None = None
     log_metrics: bool = True  # TensorBoard, metrics.csv, episodes.csv, learning_curve.png in run_dir
     metrics_interval: int = 100  # backprop steps between logged scalars
+    metric_names: str = "emote_jax"  # "emote": the reference's tags (loss/q1_loss, training/q_target, ...)
     wandb_project: str | None = None  # also log to Weights & Biases (pip install 'emote-jax[wandb]')
     wandb_mode: str | None = None  # e.g. "offline": no account or network needed
     checkpoint_interval: int = 5_000  # backprop steps between checkpoints in run_dir/checkpoints (0: none)
@@ -102,6 +104,7 @@ class RunConfig:
             ("steps_per_call", self.steps_per_call >= 1, ">= 1"), ("eval_episodes", self.eval_episodes >= 0, ">= 0"),
             ("eval_interval", self.eval_interval >= 0, ">= 0 (env steps; 0: evaluate only at the end)"),
             ("log_interval", self.log_interval > 0, "> 0"), ("metrics_interval", self.metrics_interval > 0, "> 0"),
+            ("metric_names", self.metric_names in METRIC_NAMES, f"one of {', '.join(METRIC_NAMES)}"),
             ("checkpoint_interval", self.checkpoint_interval >= 0, ">= 0"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
             ("batch_size", self.batch_size % self.rollout_length == 0,
@@ -228,6 +231,9 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--run-dir", default=None, help="where config.json and result.json go (default runs/<time>)")
     p.add_argument("--no-log-metrics", dest="log_metrics", action="store_false",
                    help="write no TensorBoard logs, metrics.csv or learning curve")
+    p.add_argument("--metric-names", choices=METRIC_NAMES, default=d.metric_names,
+                   help="emote_jax: q1/loss, ...; emote: the reference's tags (loss/q1_loss, training/q_target, ...) "
+                        "for dashboards and checks written against Emote (default: %(default)s)")
     p.add_argument("--metrics-interval", type=int, default=d.metrics_interval,
                    help="backprop steps between logged scalars (TensorBoard, metrics.csv, W&B)")
     p.add_argument("--wandb-project", default=d.wandb_project, help="also log to this W&B project (needs wandb)")
