@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from flax import struct
 
 PyTree = Any
+#: The metric-name prefixes of :meth:`Context.log_histogram` and :meth:`Context.log_image` arrays.
+HISTOGRAM_PREFIX, IMAGE_PREFIX = "histogram:", "image:"
 
 
 @struct.dataclass
@@ -74,6 +76,27 @@ class Context:
             if value.ndim != 1:
                 raise ValueError(f"per-sample metric {name!r} must have shape (B,), got shape {value.shape}")
             new[name] = value
+        return self.replace(metrics=new)
+
+    def log_histogram(self, **arrays: Any) -> Context:
+        """A new context with arrays (any fixed shape) to log as histograms: they come back with the
+        metrics, ``(K, *shape)`` per call, and a ``MetricsLogger`` writes the value of each histogram step
+        (its ``histogram_interval``). Each is copied to the host every call: keep them small, or log them
+        from a cycle hook (NaN on the steps it does not run, which are not written)."""
+        new = dict(self.metrics)
+        for name, value in arrays.items():
+            new[HISTOGRAM_PREFIX + name] = jnp.asarray(value, jnp.float32)
+        return self.replace(metrics=new)
+
+    def log_image(self, **images: Any) -> Context:
+        """A new context with images to log, each ``(H, W, C)`` (C = 1, 3 or 4) with values in [0, 1];
+        written at the logger's histogram steps, like :meth:`log_histogram`."""
+        new = dict(self.metrics)
+        for name, value in images.items():
+            value = jnp.asarray(value, jnp.float32)
+            if value.ndim != 3 or value.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"image {name!r} must have shape (H, W, C) with C in (1, 3, 4), got {value.shape}")
+            new[IMAGE_PREFIX + name] = value
         return self.replace(metrics=new)
 
     def log_dict(self, scalars: dict[str, Any], prefix: str = "") -> Context:

@@ -60,6 +60,8 @@ class Recorder(MetricWriter):
     def __init__(self):
         self.scalars: dict[int, dict[str, float]] = {}
         self.hists: dict[int, dict[str, np.ndarray]] = {}
+        self.images: dict[int, dict[str, np.ndarray]] = {}
+        self.videos: list = []
         self.opened = self.closed = 0
 
     def open(self, start_step=1):
@@ -70,6 +72,12 @@ class Recorder(MetricWriter):
 
     def write_histograms(self, step, histograms):
         self.hists.setdefault(step, {}).update(histograms)
+
+    def write_images(self, step, images):
+        self.images.setdefault(step, {}).update(images)
+
+    def write_video(self, step, tag, frames, fps):
+        self.videos.append((step, tag, frames, fps))
 
     def close(self):
         self.closed += 1
@@ -348,3 +356,84 @@ def test_the_reference_names_map_every_sac_metric_the_reference_logs(tmp_path):
     assert abs(ours["alpha/entropy"]) > 0.5
     with pytest.raises(ValueError, match="names one of"):
         MetricsLogger([Recorder()], names="tensorboard")
+
+
+class ArrayLogger(Callback):
+    """Logs a histogram of ``[step, 2 step, 3 step]`` every step and, from a cycle-5 hook, a 2x3 RGB image
+    whose pixels are step / 100; and a scalar ``s/one`` = 1 every step."""
+
+    def backward(self, ctx):
+        s = ctx.bp_step.astype(jnp.float32)
+        return ctx.log_histogram(**{"h/steps": s * jnp.arange(1.0, 4.0)}).log(**{"s/one": jnp.ones(())})
+
+    def end_cycle(self, ctx):
+        return ctx.log_image(**{"img/level": jnp.full((2, 3, 3), ctx.bp_step / 100.0)})
+
+
+def test_device_histograms_and_images_reach_the_writers_at_histogram_steps(tmp_path):
+    from emote_jax.logging import TensorboardWriter, read_histograms, read_images
+
+    rec = Recorder()
+    tb = TensorboardWriter(tmp_path / "tb")
+    logger = MetricsLogger([rec, tb], log_interval=10, histogram_interval=10, param_histograms=False,
+                           cumulative=["s/one"], windows={"s/*": 3})
+    Trainer([ArrayLogger(name="arrays", cycle=5), logger], StackedLoader(5, 4)).train()  # 20 steps, K = 4
+    np.testing.assert_array_equal(rec.hists[10]["h/steps"], [10.0, 20.0, 30.0])
+    np.testing.assert_array_equal(rec.hists[20]["h/steps"], [20.0, 40.0, 60.0])
+    np.testing.assert_allclose(rec.images[10]["img/level"], np.full((2, 3, 3), 0.10), rtol=1e-6)
+    assert "histogram:h/steps" not in rec.scalars[10] and "h/steps" not in rec.scalars[10]  # not a scalar
+    assert rec.scalars[10]["s/one/cumulative"] == 10.0 and rec.scalars[20]["s/one/cumulative"] == 20.0
+    assert rec.scalars[10]["s/one/windowed"] == 1.0
+    h = read_histograms(tmp_path / "tb")["h/steps"]
+    assert [step for step, _ in h] == [10, 20] and h[0][1].sum == pytest.approx(60.0)
+    imgs = read_images(tmp_path / "tb")["img/level"]
+    assert [step for step, _ in imgs] == [10, 20]
+    assert imgs[1][1].shape == (2, 3, 3) and np.all(np.abs(imgs[1][1].astype(int) - 51) <= 1)  # 0.2 as uint8
+
+
+def test_an_image_step_where_the_cycle_hook_did_not_run_is_not_written():
+    rec = Recorder()
+    logger = MetricsLogger([rec], log_interval=2, histogram_interval=2, param_histograms=False)
+    Trainer([ArrayLogger(name="arrays", cycle=5), logger], StackedLoader(3, 4)).train()  # steps 1..12
+    assert sorted(rec.images) == [10]  # the hook ran at 5 and 10; 5 is no histogram step
+    assert sorted(rec.hists) == [2, 4, 6, 8, 10, 12]
+
+
+def test_per_metric_windows_and_bad_arguments():
+    rec = Recorder()
+    logger = MetricsLogger([rec], log_interval=8, histogram_interval=None, windows={"s/value": 2})
+    run([logger], n_calls=2, k=4)
+    assert rec.scalars[8]["s/value/windowed"] == 7.5  # the last 2 values, 7 and 8 (default window: 250)
+    with pytest.raises(ValueError, match="windows"):
+        MetricsLogger([rec], windows={"*": 0})
+    with pytest.raises(ValueError, match=r"shape \(H, W, C\)"):
+        from emote_jax import Context
+
+        Context(state={}, batch=None, key=None, metrics={}, bp_step=1).log_image(bad=jnp.zeros((4, 4)))
+
+
+def test_host_callbacks_write_videos_through_the_logger(tmp_path):
+    rec = Recorder()
+    logger = MetricsLogger([rec], log_interval=10, histogram_interval=None)
+    frames = np.linspace(0.0, 1.0, 2 * 4 * 5 * 3).reshape(2, 4, 5, 3)
+    logger.write_video(7, "eval/episode", frames, fps=12)
+    step, tag, got, fps = rec.videos[0]
+    assert (step, tag, fps, got.dtype, got.shape) == (7, "eval/episode", 12, np.uint8, (2, 4, 5, 3))
+    np.testing.assert_array_equal(got, (frames * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match=r"\(T, H, W, C\)"):
+        logger.write_video(7, "bad", np.zeros((4, 5, 3)))
+
+
+def test_tensorboard_videos_name_the_extra_they_need(tmp_path, monkeypatch):
+    import sys
+
+    from emote_jax.logging import TensorboardWriter
+
+    monkeypatch.setitem(sys.modules, "moviepy", None)
+    w = TensorboardWriter(tmp_path / "tb")
+    w.open(1)
+    try:
+        with pytest.raises(ImportError, match=r"pip install 'emote-jax\[video\]'"):
+            w.write_video(1, "v", np.zeros((2, 4, 4, 3), np.uint8), 10)
+    finally:
+        w.close()

@@ -4,7 +4,7 @@ the learning curve, and a reader for TensorBoard event files.
 See :mod:`emote_jax.logging.loggers` for how metrics travel from the device to the writers.
 """
 
-from emote_jax.logging.events import Histogram, read_histograms, read_scalars
+from emote_jax.logging.events import Histogram, read_histograms, read_images, read_scalars
 from emote_jax.logging.loggers import (
     CSVLogger,
     MetricsLogger,
@@ -49,6 +49,7 @@ __all__ = [
     "plot_learning_curve",
     "read_episodes_csv",
     "read_histograms",
+    "read_images",
     "read_scalars",
     "write_episodes_csv",
     "write_learning_curve",

@@ -84,3 +84,18 @@ def read_histograms(log_dir: str | Path) -> dict[str, list[tuple[int, Histogram]
                 (step, Histogram(h.min, h.max, h.num, h.sum, np.asarray(h.bucket_limit), np.asarray(h.bucket)))
             )
     return out
+
+
+def read_images(log_dir: str | Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """``tag -> [(step, uint8 image (H, W, C)), ...]`` of every image in the event files under ``log_dir``
+    (decoded from their PNG with Pillow, which matplotlib brings)."""
+    import io
+
+    from PIL import Image
+
+    out: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for step, v in _summary_values(log_dir):
+        if v.HasField("image"):
+            img = np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string)))
+            out.setdefault(v.tag, []).append((step, img if img.ndim == 3 else img[..., None]))
+    return out

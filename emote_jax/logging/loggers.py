@@ -39,7 +39,7 @@ import jax
 import numpy as np
 
 from emote_jax.callback import HostCallback
-from emote_jax.context import Context
+from emote_jax.context import HISTOGRAM_PREFIX, IMAGE_PREFIX, Context
 from emote_jax.logging.names import METRIC_NAMES, reference_name
 from emote_jax.logging.sources import MetricSource
 from emote_jax.logging.writers import (
@@ -119,6 +119,10 @@ class MetricsLogger(HostCallback):
         windowed, not_windowed: glob patterns of the device metrics that get a ``name/windowed`` tag
             (default: all but learning rates, the target entropy and non-finite flags, which a window
             only repeats).
+        windows: ``{glob pattern: size}``: the window of the metrics that match (the first pattern that
+            does), instead of ``window`` (the reference's per-metric ``log_windowed_scalar`` window).
+        cumulative: glob patterns of device metrics whose running sum since the start of training is
+            also written, as ``name/cumulative``.
         names: ``"emote_jax"`` (``q1/loss``) or ``"emote"``: the reference's tags (``loss/q1_loss``,
             ``training/q_target``, ...; :func:`~emote_jax.logging.names.reference_name`). ``include`` and
             ``exclude`` match the emote_jax names.
@@ -143,6 +147,8 @@ class MetricsLogger(HostCallback):
         windowed: Sequence[str] = ("*",),
         not_windowed: Sequence[str] = ("*/lr", "*/target_entropy", "*/nonfinite"),
         names: str = "emote_jax",
+        windows: Mapping[str, int] | None = None,
+        cumulative: Sequence[str] = (),
         name: str = "metrics_logger",
         order: int = 950,
     ):
@@ -151,6 +157,12 @@ class MetricsLogger(HostCallback):
             raise ValueError(f"{name}: expected names one of {METRIC_NAMES}, got {names!r}")
         self.names = names
         self._renamed: dict[str, str] = {}
+        self.windows = dict(windows or {})
+        for pattern, size in self.windows.items():
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"{name}: expected windows {{pattern: int >= 1}}, got {pattern!r}: {size!r}")
+        self.cumulative = list(cumulative)
+        self._cumulative_wanted: dict[str, bool] = {}
         writers = list(writers)
         for w in writers:
             if not isinstance(w, MetricWriter):
@@ -186,6 +198,8 @@ class MetricsLogger(HostCallback):
 
     def _reset(self) -> None:
         self._windows: dict[str, Window] = {}
+        self._sums: dict[str, float] = {}
+        self._array_names: tuple[str, ...] = ()  # Context.log_histogram / log_image arrays
         self._metrics: Mapping[str, Any] | None = None
         self._pending: list[list[Any]] = []  # [the call's arrays, first step, K, values already ingested]
         self._names: tuple[str, ...] = ()
@@ -225,10 +239,11 @@ class MetricsLogger(HostCallback):
     def _take_call(self, metrics: Mapping[str, Any], first: int) -> None:
         """Start on the metrics of a new compiled call whose first step is ``first``."""
         source, names = metrics, tuple(metrics)
-        if names != self._source_names:  # per-sample (K, B) metrics (Context.log_samples) are not logged
-            self._source_names = names
-            self._scalar_names = None if all(np.ndim(v) != 2 for v in metrics.values()) else tuple(
-                k for k, v in metrics.items() if np.ndim(v) != 2)
+        if names != self._source_names:  # per-sample (K, B) metrics (Context.log_samples) are not scalars,
+            self._source_names = names  # nor are the arrays of log_histogram / log_image
+            self._array_names = tuple(k for k in names if k.startswith((HISTOGRAM_PREFIX, IMAGE_PREFIX)))
+            scalar = tuple(k for k, v in metrics.items() if k not in self._array_names and np.ndim(v) != 2)
+            self._scalar_names = None if len(scalar) == len(names) else scalar
         if self._scalar_names is not None:
             metrics = {k: source[k] for k in self._scalar_names}
             names = self._scalar_names
@@ -278,8 +293,11 @@ class MetricsLogger(HostCallback):
         for name, row in zip(self._names, rows):
             w = self._windows.get(name)
             if w is None:
-                w = self._windows[name] = Window(self.window)
+                size = next((n for p, n in self.windows.items() if fnmatch.fnmatchcase(name, p)), self.window)
+                w = self._windows[name] = Window(size)
             w.add(row)
+            if self._is_cumulative(name):
+                self._sums[name] = self._sums.get(name, 0.0) + float(np.nansum(row))
 
     def _raise_shape(self, metrics: Mapping[str, Any], k: int, first: int, quiet: bool = False) -> None:
         """Raise for the first metric not of shape ``(k,)``; with ``quiet``, return if there is none."""
@@ -296,6 +314,12 @@ class MetricsLogger(HostCallback):
         if ctx.metrics is not self._metrics:
             return True
         return not (self._first <= ctx.bp_step < self._first + max(self._k, 1))
+
+    def _is_cumulative(self, name: str) -> bool:
+        wanted = self._cumulative_wanted.get(name)
+        if wanted is None:
+            wanted = self._cumulative_wanted[name] = any(fnmatch.fnmatchcase(name, p) for p in self.cumulative)
+        return wanted
 
     def _rename(self, tag: str) -> str:
         if self.names == "emote_jax":
@@ -318,6 +342,8 @@ class MetricsLogger(HostCallback):
         for name, w in self._windows.items():
             if w.count and self._is_windowed(name):
                 scalars[f"{name}/windowed"] = w.mean()
+        for name, total in self._sums.items():
+            scalars[f"{name}/cumulative"] = total
         for src in self.sources:
             for tag, v in src.read(ctx, step).items():
                 if np.isfinite(v):
@@ -341,10 +367,38 @@ class MetricsLogger(HostCallback):
                 hists[tag] = np.asarray(arr)
         for src in self.sources:
             hists.update(src.histograms(ctx, step))
+        images: dict[str, np.ndarray] = {}
+        idx = step - self._first
+        if self._metrics and self._array_names and 0 <= idx < self._k:
+            for key in self._array_names:
+                value = np.asarray(self._metrics[key][idx])
+                if np.all(np.isnan(value)):
+                    continue  # a cycle hook's array on a step where it did not run
+                if key.startswith(HISTOGRAM_PREFIX):
+                    hists[key[len(HISTOGRAM_PREFIX):]] = value
+                else:
+                    images[key[len(IMAGE_PREFIX):]] = np.clip(value, 0.0, 1.0)
         hists = {self._rename(k): v for k, v in hists.items() if self._wanted(k)}
         if hists:
             for w in self.writers:
                 w.write_histograms(step, hists)
+        images = {self._rename(k): v for k, v in images.items() if self._wanted(k)}
+        if images:
+            for w in self.writers:
+                w.write_images(step, images)
+
+    def write_video(self, step: int, tag: str, frames: Any, fps: int = 30) -> None:
+        """Write ``frames`` ``(T, H, W, C)`` (uint8, or floats in [0, 1]) as a video at ``step`` to every
+        writer that takes videos (TensorBoard: needs moviepy, the ``video`` extra; W&B). For host
+        callbacks, e.g. one that films an evaluation episode every N steps."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"{self.name}: expected video frames of shape (T, H, W, C) with C in (1, 3, 4), "
+                             f"got {frames.shape} for {tag!r}")
+        if frames.dtype != np.uint8:
+            frames = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+        for w in self.writers:
+            w.write_video(int(step), self._rename(tag), frames, int(fps))
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def begin_training(self, ctx: Context) -> None:

@@ -34,6 +34,12 @@ class MetricWriter:
     def write_histograms(self, step: int, histograms: Mapping[str, np.ndarray]) -> None:
         """Write each 1-D array of ``histograms`` as a histogram at ``step``."""
 
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """Write each ``(H, W, C)`` float image in [0, 1] at ``step`` (writers without images skip them)."""
+
+    def write_video(self, step: int, tag: str, frames: np.ndarray, fps: int) -> None:
+        """Write ``frames`` ``(T, H, W, C)`` uint8 as a video at ``step`` (writers without videos skip it)."""
+
     def flush(self) -> None:
         """Make what was written so far visible to readers."""
 
@@ -89,6 +95,24 @@ class TensorboardWriter(MetricWriter):
             values = values[np.isfinite(values)]
             if values.size:
                 writer.add_summary(histogram(tag, values, self.bins), int(step))
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        from tensorboardX.summary import image as image_summary
+
+        writer = self._require_open()
+        for tag, img in images.items():
+            writer.add_summary(image_summary(tag, np.asarray(img, np.float32), dataformats="HWC"), int(step))
+
+    def write_video(self, step: int, tag: str, frames: np.ndarray, fps: int) -> None:
+        try:
+            import moviepy  # noqa: F401  (tensorboardX encodes videos with it)
+        except ImportError:
+            raise ImportError("TensorboardWriter.write_video needs moviepy: pip install 'emote-jax[video]'") from None
+        from tensorboardX.summary import video as video_summary
+
+        # tensorboardX takes (N, T, C, H, W)
+        summary = video_summary(tag, np.transpose(frames, (0, 3, 1, 2))[None], fps=fps)
+        self._require_open().add_summary(summary, int(step))
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -231,6 +255,17 @@ class WandbWriter(MetricWriter):
                 data[f"hist/{tag}"] = wandb.Histogram(values)
         if data:
             self.run.log(data, step=int(step))
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        import wandb
+
+        self.run.log({f"images/{tag}": wandb.Image(np.asarray(img, np.float32)) for tag, img in images.items()},
+                     step=int(step))
+
+    def write_video(self, step: int, tag: str, frames: np.ndarray, fps: int) -> None:
+        import wandb
+
+        self.run.log({f"videos/{tag}": wandb.Video(np.transpose(frames, (0, 3, 1, 2)), fps=fps)}, step=int(step))
 
     def close(self) -> None:
         if self.run is not None:
