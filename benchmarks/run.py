@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -673,7 +674,7 @@ def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
                 ours_side = b.ours()
             if side != "ours" and peers_side is None:
                 peers_side = b.peers()
-            env_id, load0, t0 = ENVS[env][0], _load(), time.perf_counter()
+            env_id, load0, t0, git0 = ENVS[env][0], _load(), time.perf_counter(), _git_state()
             _say(f"peers-learning: {side} {env_id} seed {seed}, {steps} env steps")
             work = PARTIAL / f"{side}-{env}-{seed}-{steps}"  # an unfinished run's state (sb3: not resumable)
             if side == "ours":
@@ -691,7 +692,7 @@ def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
                          "updates": res["updates"], "resumed_from": res["resumed_from"], "settings": res["settings"]}
             entry.update(side=side, env=env, env_id=env_id, seed=seed, env_steps=steps, run_s=time.perf_counter() - t0,
                          load_start=load0, load_end=_load(), finished=_dt.datetime.now().isoformat(timespec="seconds"),
-                         git=_git_state())
+                         git_start=git0, git=_git_state())
             runs[f"{side}/{env}/{seed}/{steps}"] = entry
             shutil.rmtree(work, ignore_errors=True)  # the run is in the results now
             ev = statistics.fmean(entry["eval_returns"]) if entry["eval_returns"] else float("nan")
@@ -1152,7 +1153,16 @@ def _git_state() -> dict:
         r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
         return r.stdout.strip()
 
-    return {"commit": g("rev-parse", "HEAD"), "dirty": bool(g("status", "--porcelain", "--", "emote_jax"))}
+    # The code the figures depend on: emote_jax/ and benchmarks/ without its results. A results file
+    # describes HEAD's code when its two tree digests equal HEAD's and neither folder was dirty.
+    code = {"emote_jax": ["emote_jax"], "benchmarks": ["benchmarks", ":(exclude)benchmarks/results"]}
+    dirty = {k: bool(g("status", "--porcelain", "--", *paths)) for k, paths in code.items()}
+    listing = {k: [ln for ln in g("ls-tree", "-r", "HEAD", "--", k).splitlines() if "\tbenchmarks/results/" not in ln]
+               for k in code}
+    trees = {k: hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16] for k, lines in listing.items()}
+    return {"commit": g("rev-parse", "HEAD"), "dirty": any(dirty.values()), "dirty_emote_jax": dirty["emote_jax"],
+            "dirty_benchmarks": dirty["benchmarks"], "tree_emote_jax": trees["emote_jax"],
+            "tree_benchmarks": trees["benchmarks"]}
 
 
 def main(argv: list[str] | None = None) -> int:
