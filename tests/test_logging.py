@@ -437,3 +437,19 @@ def test_tensorboard_videos_name_the_extra_they_need(tmp_path, monkeypatch):
             w.write_video(1, "v", np.zeros((2, 4, 4, 3), np.uint8), 10)
     finally:
         w.close()
+
+
+def test_a_video_reaches_the_tensorboard_event_file(tmp_path):
+    """With moviepy (the video extra, part of the test extra) tensorboardX encodes the frames as a GIF."""
+    from emote_jax.logging import TensorboardWriter
+    from emote_jax.logging.events import _summary_values
+
+    logger = MetricsLogger([TensorboardWriter(tmp_path / "tb")], log_interval=10, histogram_interval=None)
+    logger.writers[0].open(1)
+    try:
+        logger.write_video(3, "eval/episode", np.random.default_rng(0).uniform(size=(6, 8, 8, 3)), fps=5)
+    finally:
+        logger.writers[0].close()
+    videos = [(step, v) for step, v in _summary_values(tmp_path / "tb") if v.HasField("image")]
+    assert [(step, v.tag, v.image.height, v.image.width) for step, v in videos] == [(3, "eval/episode", 8, 8)]
+    assert videos[0][1].image.encoded_image_string[:6] == b"GIF89a"  # an animated GIF of the frames
