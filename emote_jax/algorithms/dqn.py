@@ -30,15 +30,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from emote_jax.algorithms.hl_gauss import HLGaussSupport
 from emote_jax.algorithms.importance import window_td_error, window_weights
 from emote_jax.algorithms.nstep import discount
 from emote_jax.callback import Callback
 from emote_jax.context import Context, PyTree
 from emote_jax.loss import LossCallback
-from emote_jax.networks.dqn import QNetwork
+from emote_jax.networks.dqn import HLGaussQNetwork, QNetwork
 
 #: The losses :class:`QLoss` offers.
 LOSSES = ("huber", "mse")
+#: The Q networks of ``DQNHParams.critic``.
+CRITICS = ("td", "hl-gauss")
 
 
 # ---- the math, on arrays -------------------------------------------------------------------------------
@@ -103,6 +106,30 @@ class QLoss(LossCallback):
         aux = {"q_mean": q.mean(), "td_abs_mean": jnp.abs(q - target).mean()}
         if weights is not None:  # prioritized replay: per-window |TD errors| back to the sampler
             aux["td_error"] = window_td_error(q, target, weights.shape[0])
+        return loss, aux
+
+
+class HLGaussQLoss(QLoss):
+    """The cross-entropy of the taken action's histogram (an :class:`HLGaussQNetwork`) against the HL-Gauss
+    histogram of the clamped ``q_target`` (:class:`~emote_jax.algorithms.hl_gauss.HLGaussSupport`); with
+    prioritized replay each row weighted by its window's weight, and ``td_error`` per window of
+    ``|Q - clamped target|``."""
+
+    def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
+        batch = ctx.batch[self.data_group]
+        support = self.network.support
+        logits = self.network.apply(params, batch["observation"][self.obs_key], method=HLGaussQNetwork.logits)
+        actions = batch["actions"].reshape(-1, 1, 1).astype(jnp.int32)
+        taken = jnp.take_along_axis(logits, actions, axis=1)[:, 0]  # (B*T, N)
+        target = jax.lax.stop_gradient(batch["q_target"])
+        ce = support.cross_entropy(taken, target)[:, None]  # (B*T, 1)
+        q = support.to_value(taken)  # (B*T, 1)
+        weights = batch.get("weights")
+        loss = jnp.mean(ce) if weights is None else jnp.mean(ce * window_weights(weights, ce.shape[0]))
+        clamped = support.clamp(target)
+        aux = {"q_mean": q.mean(), "td_abs_mean": jnp.abs(q - clamped).mean()}
+        if weights is not None:
+            aux["td_error"] = window_td_error(q, clamped, weights.shape[0])
         return loss, aux
 
 
@@ -189,6 +216,26 @@ class DQNHParams:
     epsilon_start: float = 1.0
     epsilon_end: float = 0.04
     epsilon_decay_steps: int = 8_000
+    # the Q network: "td" (Q values trained by the TD loss) or "hl-gauss" (a histogram over num_bins bins
+    # on [v_min, v_max] per action, trained by cross-entropy; ``loss`` is then unused)
+    critic: str = "td"
+    num_bins: int = 101
+    v_min: float | None = None
+    v_max: float | None = None
+    hl_sigma_ratio: float = 0.75
+
+    def q_network(self, n_actions: int) -> QNetwork | HLGaussQNetwork:
+        """The Q network these settings give: a :class:`QNetwork`, or an :class:`HLGaussQNetwork`."""
+        dims = tuple(self.hidden_dims)
+        if self.critic == "td":
+            return QNetwork(n_actions, dims)
+        if self.critic == "hl-gauss":
+            if self.v_min is None or self.v_max is None:
+                raise ValueError("critic 'hl-gauss' needs v_min and v_max (the range of Q values)")
+            support = HLGaussSupport(float(self.v_min), float(self.v_max), int(self.num_bins),
+                                     float(self.hl_sigma_ratio))
+            return HLGaussQNetwork(n_actions, support, dims)
+        raise ValueError(f"critic: expected one of {CRITICS}, got {self.critic!r}")
 
     def epsilon_schedule(self) -> optax.Schedule:
         """``env_steps -> epsilon``: linear from ``epsilon_start`` to ``epsilon_end``, then constant."""
@@ -210,10 +257,11 @@ def make_dqn_callbacks(*, obs_dim: int, n_actions: int, key: jax.Array, hp: DQNH
     hp = dataclasses.replace(hp or DQNHParams(), **hparams)
     if obs_dim < 1 or n_actions < 1:
         raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
-    q_net = QNetwork(n_actions, tuple(hp.hidden_dims))
+    q_net = hp.q_network(n_actions)
     params = q_net.init(key, jnp.zeros((1, obs_dim), jnp.float32))
-    q_loss = QLoss(q=q_net, params=params, lr=hp.lr, loss=hp.loss, huber_delta=hp.huber_delta, obs_key=obs_key,
-                   data_group=data_group, max_grad_norm=hp.max_grad_norm)
+    loss_cls = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
+    q_loss = loss_cls(q=q_net, params=params, lr=hp.lr, loss=hp.loss, huber_delta=hp.huber_delta, obs_key=obs_key,
+                      data_group=data_group, max_grad_norm=hp.max_grad_norm)
     q_target = QTarget(q_net=q_net, target_params=params, q=q_loss.name, gamma=hp.gamma, tau=hp.tau,
                        target_update_interval=int(hp.target_update_interval), reward_scale=hp.reward_scale,
                        double_dqn=hp.double_dqn, obs_key=obs_key, data_group=data_group)

@@ -19,15 +19,15 @@ from typing import Any, TextIO
 import gymnasium
 import jax
 
-from emote_jax.algorithms.dqn import LOSSES, DQNHParams, make_dqn_callbacks
+from emote_jax.algorithms.dqn import CRITICS, LOSSES, DQNHParams, make_dqn_callbacks
 from emote_jax.callback import Callback
 from emote_jax.collectors.actions import DiscreteActions
 from emote_jax.errors import UnsupportedSpaceError
-from emote_jax.networks.dqn import GreedyHostPolicy, QNetwork, greedy_policy
+from emote_jax.networks.dqn import GreedyHostPolicy, HLGaussQNetwork, QNetwork, greedy_policy
 from emote_jax.recipes import common
 from emote_jax.recipes.common import Algorithm, Run
 from emote_jax.recipes.config import Check, RunConfig
-from emote_jax.recipes.sac import int_tuple
+from emote_jax.recipes.sac import add_critic_options, hl_gauss_checks, int_tuple
 
 _HP = DQNHParams()
 
@@ -61,6 +61,11 @@ class DQNConfig(RunConfig):
     epsilon_start: float = _HP.epsilon_start
     epsilon_end: float = _HP.epsilon_end
     epsilon_decay_steps: int = _HP.epsilon_decay_steps
+    critic: str = _HP.critic
+    num_bins: int = _HP.num_bins
+    v_min: float | None = _HP.v_min
+    v_max: float | None = _HP.v_max
+    hl_sigma_ratio: float = _HP.hl_sigma_ratio
 
     def hparams(self) -> DQNHParams:
         """The :class:`~emote_jax.algorithms.dqn.DQNHParams` these settings give."""
@@ -82,6 +87,8 @@ class DQNConfig(RunConfig):
             ("epsilon_end", 0.0 <= self.epsilon_end <= 1.0, "in [0, 1]"),
             ("epsilon_decay_steps", isinstance(self.epsilon_decay_steps, int) and self.epsilon_decay_steps >= 1,
              "an int >= 1 (env steps)"),
+            ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
+            *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
         ]
 
 
@@ -97,7 +104,8 @@ def add_options(p: argparse._ArgumentGroup, d: DQNConfig) -> None:
     p.add_argument("--reward-scale", type=float, default=d.reward_scale)
     p.add_argument("--double-dqn", action=argparse.BooleanOptionalAction, default=d.double_dqn,
                    help="bootstrap with the target's value of the online network's argmax")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="the TD loss")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="the TD loss (--critic td)")
+    add_critic_options(p, d, CRITICS, "td: Q values trained by the TD loss (--loss)")
     p.add_argument("--huber-delta", type=float, default=d.huber_delta)
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
     p.add_argument("--epsilon-start", type=float, default=d.epsilon_start, help="epsilon-greedy: the first epsilon")
@@ -125,10 +133,10 @@ def make_callbacks(cfg: DQNConfig, obs_dim: int, n_actions: int, key: jax.Array)
     return make_dqn_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=key, hp=cfg.hparams())
 
 
-def make_net(cfg: DQNConfig, obs_dim: int, n_actions: int) -> QNetwork:
+def make_net(cfg: DQNConfig, obs_dim: int, n_actions: int) -> QNetwork | HLGaussQNetwork:
     """The Q network of a DQN run (what ``policy/`` holds the parameters of)."""
     del obs_dim
-    return QNetwork(n_actions, tuple(cfg.hidden_dims))
+    return cfg.hparams().q_network(n_actions)
 
 
 def collector_policy(q_net: QNetwork, on_host: bool = True) -> GreedyHostPolicy | Callable[..., jax.Array]:

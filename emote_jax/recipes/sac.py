@@ -105,10 +105,12 @@ def hl_gauss_checks(cfg: Any) -> list[Check]:
     ]
 
 
-def add_critic_options(p: argparse._ArgumentGroup, d: Any) -> None:
-    """``--critic {mse,hl-gauss} --bins --v-min --v-max --hl-sigma-ratio``: the critic's kind and bins."""
-    p.add_argument("--critic", choices=CRITICS, default=d.critic,
-                   help="mse: the reference's critics; hl-gauss: Q as a histogram over --bins bins on [--v-min, --v-max], "
+def add_critic_options(p: argparse._ArgumentGroup, d: Any, choices: tuple[str, ...] = CRITICS,
+                       plain: str = "mse: the reference's critics") -> None:
+    """``--critic {mse,hl-gauss} --bins --v-min --v-max --hl-sigma-ratio``: the critic's kind and bins
+    (``choices`` and the help of the plain kind, ``plain``, are the algorithm's)."""
+    p.add_argument("--critic", choices=choices, default=d.critic,
+                   help=f"{plain}; hl-gauss: Q as a histogram over --bins bins on [--v-min, --v-max], "
                         "trained by cross-entropy (default: %(default)s)")
     p.add_argument("--bins", dest="num_bins", type=int, default=d.num_bins, help="HL-Gauss bins (default: %(default)s)")
     p.add_argument("--v-min", type=float, default=d.v_min, help="HL-Gauss: the lowest Q value (scaled rewards)")
