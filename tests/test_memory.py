@@ -445,3 +445,59 @@ def test_table_errors_name_what_was_expected():
         ReplayTable(0, SPEC, ACTION_SHAPE)
     with pytest.raises(ValueError, match=r"observation_spec\['x'\] = \(shape, dtype\)"):
         ReplayTable(4, {"x": (3,)}, ACTION_SHAPE)
+
+
+# ---- whole episodes per call (add_transitions): the per-episode bookkeeping ------------------------
+
+
+def _episode_rows(table, eid, steps, end=None, offset=0.0):
+    """Write one stretch of episode ``eid`` (``steps``) in one add_transitions call; obs = [eid, step]."""
+    n = len(steps)
+    steps = np.asarray(steps)
+    obs = np.stack([np.full(n, eid), steps], 1).astype(np.float32) + offset
+    term = np.zeros(n, bool)
+    if end is not None:
+        term[-1] = end
+    return dict(agent_ids=np.zeros(n, np.int64), episode_ids=np.full(n, eid), steps=steps,
+                observation={"obs": obs}, actions=np.zeros((n, 1), np.float32), rewards=np.zeros(n, np.float32),
+                next_observation={"obs": obs + [0, 1]}, terminated=term, truncated=np.zeros(n, bool))
+
+
+def _concat(*parts):
+    return {k: ({kk: np.concatenate([p[k][kk] for p in parts]) for kk in parts[0][k]} if isinstance(parts[0][k], dict)
+                else np.concatenate([p[k] for p in parts])) for k in parts[0]}
+
+
+def test_whole_episodes_in_one_call_chain_within_each_episode_and_are_ejected_whole():
+    table = ReplayTable(30, {"obs": ((2,), np.float32)}, (1,), seed=0)
+    # one call: episode 1 (steps 0..4, terminated), episode 2 (0..2, running), interleaved with episode 3
+    a, b, c = _episode_rows(table, 1, range(5), end=True), _episode_rows(table, 2, range(3)), _episode_rows(table, 3, [0, 1])
+    table.add_transitions(**_concat(a, c, b))
+    table.add_transitions(**_episode_rows(table, 2, range(3, 6), end=True))  # episode 2 continues from its tip
+    s = table.sample(4, 3, num_batches=100)
+    obs = s["observation"]["obs"].reshape(400, 3, 2)
+    assert np.all(obs[:, :, 0] == obs[:, :1, 0]) and np.all(np.diff(obs[:, :, 1], axis=1) == 1)  # within episodes
+    assert set(obs[:, 0, 0].astype(int)) == {1, 2}  # episode 3 (2 rows) has no window of 3
+    assert {int(o) for o in obs[:, 0, 1][obs[:, 0, 0] == 2]} == {0, 1, 2, 3}  # the chain 2 -> 3 holds
+    assert table.episode_ids() == [1, 2, 3]
+    # rows 0-4 episode 1, 5-6 episode 3, 7-12 episode 2; 22 more wrap the ring (capacity 30) over rows 0-4
+    table.add_transitions(**_episode_rows(table, 4, range(22), end=True))
+    assert table.episode_ids() == [2, 3, 4] and table.size() == 30  # episode 1 went whole
+    table.add_transitions(**_episode_rows(table, 5, range(4), end=True))  # rows 5-8: episode 3, two of 2's
+    assert table.episode_ids() == [2, 4, 5]
+    assert table.get_episode(2)["steps"].tolist() == [2, 3, 4, 5]  # its newest rows, still chained
+
+
+def test_an_episode_ended_and_restarted_in_one_call_is_not_chained_across_the_end():
+    table = ReplayTable(30, {"obs": ((2,), np.float32)}, (1,), seed=0)
+    first, again = _episode_rows(table, 7, range(3), end=True), _episode_rows(table, 7, range(3), offset=100.0)
+    table.add_transitions(**_concat(first, again))
+    obs = table.sample(3, 2, num_batches=100)["observation"]["obs"].reshape(300, 2, 2)
+    assert np.all((obs[:, 0, 1] < 100) == (obs[:, 1, 1] < 100))  # no window spans the end
+
+
+def test_a_gap_inside_one_call_is_refused_and_nothing_is_written():
+    table = ReplayTable(30, {"obs": ((2,), np.float32)}, (1,), seed=0)
+    with pytest.raises(ValueError, match=r"episode 3 \(index 2\): expected step 2 after step 1, got 4"):
+        table.add_transitions(**_episode_rows(table, 3, [0, 1, 4, 5]))
+    assert table.size() == 0 and table.episode_ids() == []

@@ -235,12 +235,12 @@ class ReplayTable:
             head = self._head
             if head + n <= self._capacity:  # no wrap: slices, cheaper than index arrays for a few rows
                 at: Any = slice(head, head + n)
-                row_list = list(range(head, head + n))
+                written = np.arange(head, head + n, dtype=np.int64)
                 if head < self._size:
                     self._forget_rows(np.arange(head, min(head + n, self._size)))
             else:
-                at = (head + np.arange(n)) % self._capacity
-                row_list = at.tolist()
+                at = (head + np.arange(n, dtype=np.int64)) % self._capacity
+                written = at
                 self._forget_rows(at[at < self._size])
             for k in self._obs_spec:
                 self._obs[k][at] = obs[k]
@@ -253,18 +253,9 @@ class ReplayTable:
             self._row_episode[at] = eids
             self._row_step[at] = steps
             self._row_agent[at] = agents
-            for row, eid, end in zip(row_list, eids.tolist(), ends.tolist()):
-                prev = self._tips.get(eid)
-                if prev is not None:
-                    self._next_row[prev] = row
-                if end:
-                    self._tips.pop(eid, None)
-                else:
-                    self._tips[eid] = row
-                self._episode_rows[eid] = self._episode_rows.get(eid, 0) + 1
+            self._link(eids, written, ends)
             self._head = int((head + n) % self._capacity)
             self._size = min(self._size + n, self._capacity)
-            written = np.asarray(row_list, np.int64)
             if self._sampler.tracks_rows:
                 self._sampler.rows_written(written, eids)
         return written
@@ -540,18 +531,58 @@ class ReplayTable:
         """Bookkeeping for live rows about to be overwritten (the oldest ones)."""
         if self._sampler.tracks_rows:
             self._sampler.rows_forgotten(rows, self._row_episode[rows])
-        for row in rows.tolist():
-            eid = int(self._row_episode[row])
-            left = self._episode_rows[eid] - 1
+        ids, counts = np.unique(self._row_episode[rows], return_counts=True)
+        for eid, count in zip(ids.tolist(), counts.tolist()):  # per episode, not per row
+            left = self._episode_rows[eid] - count
             if left:
                 self._episode_rows[eid] = left
             else:
                 del self._episode_rows[eid]
-            if self._tips.get(eid) == row:
+            tip = self._tips.get(eid)
+            if tip is not None and np.any(rows == tip):
                 del self._tips[eid]
+
+    def _link(self, eids: np.ndarray, rows: np.ndarray, ends: np.ndarray) -> None:
+        """Chain the rows just written to their episodes (``_next_row``, ``_tips``, ``_episode_rows``).
+
+        Rows of one episode follow each other in write order; the first continues the episode's tip, a row
+        that ends its episode links to nothing. Vectorised per episode: a Python step per episode of the
+        write, not per row (a whole episode written at once costs one)."""
+        order = np.argsort(eids, kind="stable")
+        e, r, end = eids[order], rows[order], ends[order]
+        same = e[1:] == e[:-1]
+        link = same & ~end[:-1]
+        self._next_row[r[:-1][link]] = r[1:][link]
+        firsts = np.flatnonzero(np.r_[True, ~same])
+        lasts = np.r_[firsts[1:] - 1, len(e) - 1]
+        for eid, first, last, count in zip(e[firsts].tolist(), firsts.tolist(), lasts.tolist(),
+                                           (lasts - firsts + 1).tolist()):
+            prev = self._tips.get(eid)
+            if prev is not None:
+                self._next_row[prev] = r[first]
+            if end[last]:
+                self._tips.pop(eid, None)
+            else:
+                self._tips[eid] = int(r[last])
+            self._episode_rows[eid] = self._episode_rows.get(eid, 0) + count
 
     def _check_continuity(self, eids: np.ndarray, steps: np.ndarray, ends: np.ndarray, where: str) -> None:
         """ValueError unless each write continues its episode at the step after the previous one."""
+        order = np.argsort(eids, kind="stable")
+        e, st, end = eids[order], steps[order], ends[order]
+        same = e[1:] == e[:-1]
+        ok = not np.any(same & ~end[:-1] & (st[1:] != st[:-1] + 1))
+        if ok:
+            for first in np.flatnonzero(np.r_[True, ~same]).tolist():  # each episode's first row: its tip
+                tip = self._tips.get(int(e[first]))
+                if tip is not None and int(st[first]) != int(self._row_step[tip]) + 1:
+                    ok = False
+                    break
+        if not ok:
+            self._name_discontinuity(eids, steps, ends, where)
+
+    def _name_discontinuity(self, eids: np.ndarray, steps: np.ndarray, ends: np.ndarray, where: str) -> None:
+        """Raise the ValueError for the first row (in write order) that does not continue its episode."""
         last_step: dict[int, int | None] = {}
         for i, (eid, step, end) in enumerate(zip(eids.tolist(), steps.tolist(), ends.tolist())):
             if eid in last_step:
