@@ -180,3 +180,35 @@ def test_importance_weights_weight_each_window_and_td_errors_come_back():
     np.testing.assert_allclose(aux["td_error"], [err[:2].mean(), err[2:].mean()], rtol=1e-5)
     unweighted, aux0 = hl_gauss_q_loss(net, params, obs, act, target)
     assert "td_error" not in aux0 and float(unweighted) == pytest.approx(float(ce.mean()), rel=1e-5)
+
+
+def test_an_hl_gauss_critic_behind_a_dict_encoder():
+    """Dict observations: the HL-Gauss critic sits behind the per-key encoder (EncodedQ), its loss is the
+    cross-entropy of the encoded critic's logits, and SAC's callbacks train with it."""
+    from emote_jax import Trainer
+    from emote_jax.algorithms import make_sac_callbacks
+    from emote_jax.algorithms.hl_gauss import hl_gauss_q_loss
+    from emote_jax.networks.encoders import EncodedQ
+
+    spec = {"angle": ((2,), np.float32), "velocity": ((1,), np.float32)}
+    cbs, _ = make_sac_callbacks(obs_dim=spec, n_actions=1, key=jax.random.key(0), hidden_dims=(16,), critic="hl-gauss",
+                                v_min=-10.0, v_max=10.0, num_bins=11)
+    q1 = cbs[0]
+    assert isinstance(q1.network, EncodedQ) and q1.network.support.num_bins == 11
+    rng = np.random.default_rng(0)
+    obs = {"angle": rng.standard_normal((8, 2)).astype(np.float32), "velocity": rng.standard_normal((8, 1)).astype(np.float32)}
+    act = rng.uniform(-1, 1, (8, 1)).astype(np.float32)
+    target = rng.uniform(-12, 12, (8, 1)).astype(np.float32)
+    params = Trainer(cbs, [{"default": {}, "batch_size": 1}]).ctx.state["q1"]["params"]
+    loss, _ = hl_gauss_q_loss(q1.network, params, obs, act, jnp.asarray(target))
+    logits = np.asarray(q1.network.apply(params, obs, act, method="logits"))
+    logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    probs = np.asarray(q1.network.support.to_probs(jnp.clip(target, -10.0, 10.0)))
+    assert float(loss) == pytest.approx(float(-(probs * logq).sum(-1).mean()), rel=1e-5)
+    batches = [{"default": {"observation": obs, "next_observation": obs, "actions": act,
+                            "rewards": np.zeros((8, 1), np.float32), "masks": np.ones((8, 1), np.float32)},
+                "batch_size": 8}] * 3
+    cbs, _ = make_sac_callbacks(obs_dim=spec, n_actions=1, key=jax.random.key(0), hidden_dims=(16,), critic="hl-gauss",
+                                v_min=-10.0, v_max=10.0, num_bins=11)
+    ctx = Trainer(cbs, batches, steps_per_call=3).train()
+    assert np.all(np.isfinite(ctx.metrics["q1/loss"])) and np.all(np.isfinite(ctx.metrics["policy/loss"]))

@@ -128,7 +128,7 @@ def hl_gauss_q_loss(q: HLGaussQNet, params: PyTree, obs: jax.Array, actions: jax
     With ``weights (B,)`` (prioritized replay, one per rollout window) each row's cross-entropy is weighted
     by its window's weight, and aux also has ``td_error (B,)``: each window's mean ``|Q - clamped target|``.
     """
-    logits = q.apply(params, obs, actions, method=HLGaussQNet.logits)
+    logits = q.apply(params, obs, actions, method="logits")  # an HLGaussQNet, or one behind an encoder
     target = jax.lax.stop_gradient(target)
     ce = q.support.cross_entropy(logits, target)[:, None]  # (B*T, 1)
     value = q.support.to_value(logits)

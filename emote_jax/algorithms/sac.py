@@ -361,8 +361,6 @@ def make_sac_callbacks(
     q_loss = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
     policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims), hp.policy_head_init)
     if dict_obs:  # per-key encoders in front of the trunks; the losses take the observation dict
-        if hp.critic != "mse":
-            raise ValueError(f"critic={hp.critic!r} takes flat Box observations; Dict observations need critic='mse'")
         policy_net, q_net = encoded_sac_networks(obs_dim, policy_net, q_net)
         obs_key = None
     k1, k2, k3 = jax.random.split(key, 3)

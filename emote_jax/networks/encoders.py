@@ -116,6 +116,15 @@ class EncodedQ(nn.Module):
     def __call__(self, obs: Mapping[str, jax.Array], action: jax.Array) -> jax.Array:
         return self.q(self.encoder(obs), action)
 
+    def logits(self, obs: Mapping[str, jax.Array], action: jax.Array) -> jax.Array:
+        """The histogram logits of an HL-Gauss ``q`` (:class:`~emote_jax.algorithms.hl_gauss.HLGaussQNet`)."""
+        return self.q.logits(self.encoder(obs), action)
+
+    @property
+    def support(self) -> Any:
+        """The bins of an HL-Gauss ``q``."""
+        return self.q.support
+
 
 def dict_encoder(spec: ObsSpec, vector_dims: Sequence[int] = ()) -> DictEncoder:
     """The :class:`DictEncoder` of an observation spec (keys sorted), or a ValueError naming a key that is

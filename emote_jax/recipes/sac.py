@@ -207,9 +207,6 @@ def make_callbacks(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int,
                    key: jax.Array) -> tuple[list[Callback], GaussianPolicy | EncodedPolicy]:
     """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg`` (an
     :class:`~emote_jax.networks.encoders.EncodedPolicy` for Dict observations)."""
-    if isinstance(obs_dim, Mapping) and cfg.critic != "mse":
-        raise ConfigError(f"--critic {cfg.critic}: takes flat Box observations; {cfg.env_id}'s are a Dict "
-                          "(use --critic mse)", "--critic")
     return make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=key, hp=cfg.hparams())
 
 
