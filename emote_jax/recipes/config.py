@@ -140,6 +140,17 @@ _CLI_OPTIONS = {"env_id": "--env", "env_steps": "--steps", "hidden_dims": "--hid
                 "random_warmup": "--no-random-warmup", "log_metrics": "--no-log-metrics"}
 
 
+def int_tuple(text: str) -> tuple[int, ...]:
+    """``"256,256"`` -> ``(256, 256)``: layer sizes on the command line."""
+    try:
+        dims = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 256,256, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,256, got {text!r}")
+    return dims
+
+
 def json_object(text: str) -> dict[str, Any]:
     """``'{"g": 9.81}'`` -> ``{"g": 9.81}``: a JSON object on the command line (``--env-kwargs``)."""
     try:

@@ -26,8 +26,8 @@ from emote_jax.errors import UnsupportedSpaceError
 from emote_jax.networks.dqn import GreedyHostPolicy, HLGaussQNetwork, QNetwork, greedy_policy
 from emote_jax.recipes import common
 from emote_jax.recipes.common import Algorithm, Run
-from emote_jax.recipes.config import Check, RunConfig
-from emote_jax.recipes.sac import add_critic_options, hl_gauss_checks, int_tuple
+from emote_jax.recipes.config import Check, RunConfig, int_tuple
+from emote_jax.recipes.sac import add_critic_options, hl_gauss_checks
 
 _HP = DQNHParams()
 

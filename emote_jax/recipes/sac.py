@@ -26,7 +26,7 @@ from emote_jax.networks.host import EncodedGaussianHostPolicy, GaussianHostPolic
 from emote_jax.networks.sac import GaussianPolicy, mode_action, sample_action
 from emote_jax.recipes import common
 from emote_jax.recipes.common import Algorithm, Run, box_actions
-from emote_jax.recipes.config import Check, RunConfig
+from emote_jax.recipes.config import Check, RunConfig, int_tuple
 
 
 _HP = SACHParams()
@@ -140,17 +140,6 @@ def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
                    help="the policy's mean/log-std kernels: orthogonal gain 0.01, or xavier-uniform gain 0.01 "
                         "(the reference's) (default: %(default)s)")
     add_critic_options(p, d)
-
-
-def int_tuple(text: str) -> tuple[int, ...]:
-    """``"256,256"`` -> ``(256, 256)``: layer sizes on the command line."""
-    try:
-        dims = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 256,256, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 256,256, got {text!r}")
-    return dims
 
 
 # ---- spaces and networks ---------------------------------------------------------------------------------
