@@ -14,14 +14,17 @@ from emote_jax.logging.loggers import (
     Window,
     default_logger,
 )
-from emote_jax.logging.plots import (
-    plot_learning_curve,
+from emote_jax.logging.plots import plot_learning_curve, write_learning_curve
+from emote_jax.logging.progress import Progress, format_duration, is_terminal
+from emote_jax.logging.sources import (
+    Episode,
+    EpisodeMetrics,
+    MetricSource,
+    SystemMetrics,
+    ThroughputMetrics,
     read_episodes_csv,
     write_episodes_csv,
-    write_learning_curve,
 )
-from emote_jax.logging.progress import Progress, format_duration, is_terminal
-from emote_jax.logging.sources import Episode, EpisodeMetrics, MetricSource, SystemMetrics, ThroughputMetrics
 from emote_jax.logging.writers import CSVWriter, MetricWriter, TensorboardWriter, TerminalWriter, WandbWriter
 
 __all__ = [

@@ -7,12 +7,13 @@ it when given a path.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from emote_jax.logging.sources import read_episodes_csv, write_episodes_csv
 
 
 def moving_average(values: Sequence[float], n: int) -> np.ndarray:
@@ -74,26 +75,6 @@ def plot_learning_curve(
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     return fig
-
-
-def write_episodes_csv(episodes: Sequence[Any], path: str | Path) -> None:
-    """``env_steps,bp_step,return,length``, one row per episode (objects with those attributes, ``ret``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["env_steps", "bp_step", "return", "length"])
-        for e in episodes:
-            w.writerow([e.env_steps, e.bp_step, repr(float(e.ret)), e.length])
-
-
-def read_episodes_csv(path: str | Path) -> list[Any]:
-    """The episodes of an ``episodes.csv`` as :class:`~emote_jax.logging.sources.Episode` objects."""
-    from emote_jax.logging.sources import Episode
-
-    with open(path, newline="") as f:
-        return [Episode(int(r["env_steps"]), int(r["bp_step"]), float(r["return"]), int(r["length"]))
-                for r in csv.DictReader(f)]
 
 
 def write_learning_curve(run_dir: str | Path, episodes: Any, title: str | None = None) -> list[Any]:

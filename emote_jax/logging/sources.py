@@ -11,10 +11,12 @@ one source would each see half of the episodes. Attaching a source to a second l
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,24 @@ class Episode:
     bp_step: int
     ret: float
     length: int
+
+
+def write_episodes_csv(episodes: Sequence[Any], path: str | Path) -> None:
+    """``env_steps,bp_step,return,length``, one row per episode (objects with those attributes, ``ret``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env_steps", "bp_step", "return", "length"])
+        for e in episodes:
+            w.writerow([e.env_steps, e.bp_step, repr(float(e.ret)), e.length])
+
+
+def read_episodes_csv(path: str | Path) -> list[Any]:
+    """The episodes of an ``episodes.csv`` as :class:`Episode` objects."""
+    with open(path, newline="") as f:
+        return [Episode(int(r["env_steps"]), int(r["bp_step"]), float(r["return"]), int(r["length"]))
+                for r in csv.DictReader(f)]
 
 
 class EpisodeMetrics(MetricSource):
@@ -122,8 +142,6 @@ class EpisodeMetrics(MetricSource):
 
     def _open_csv(self) -> None:
         """Start ``csv_path`` with the earlier run's episodes before ``start_step`` (a resumed run) or none."""
-        from emote_jax.logging.plots import read_episodes_csv, write_episodes_csv
-
         path, kept = self.csv_path, []
         if self.start_step > 1 and path.is_file():
             try:
