@@ -65,7 +65,7 @@ def _obs_inputs(obs_spec: int | Mapping[str, tuple[tuple[int, ...], Any]]) -> li
     return [("obs", (int(obs_spec),), np.dtype(np.float32))]
 
 
-def _action_meta(algo_name: str, action_space: gymnasium.Space | None) -> dict[str, Any]:
+def _action_meta(action_space: gymnasium.Space | None) -> dict[str, Any]:
     if isinstance(action_space, gymnasium.spaces.Discrete):
         return {"kind": "discrete", "dtype": "int32", "n": int(action_space.n), "start": int(action_space.start),
                 "to_env": "env_action = action + start"}
@@ -121,7 +121,7 @@ def export_policy(act: Callable[[PyTree, Any, jax.Array], jax.Array], params: Py
         "format_version": FORMAT_VERSION, "opset": OPSET,
         "inputs": [{"name": n, "shape": ["B", *shape], "dtype": d.name} for n, shape, d in inputs],
         "output": {"name": "action", "shape": [d.dim_param or d.dim_value for d in out.shape.dim],
-                   **_action_meta(network_name, action_space)},
+                   **_action_meta(action_space)},
         "versions": {"emote_jax": _version("emote-jax"), "jax": jax.__version__, "jax2onnx": _version("jax2onnx"),
                      "onnx": onnx.__version__, "python": sys.version.split()[0]},
         **dict(metadata or {}),

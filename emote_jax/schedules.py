@@ -185,12 +185,20 @@ class BPStepScheduler(Callback):
         slot = ctx.slot(self.target)
         node: PyTree = slot
         for i, k in enumerate(self.path):
+            parent = node
             try:
                 node = _get(node, k)
             except (KeyError, AttributeError):
                 have = sorted(node) if isinstance(node, dict) else getattr(node, "_fields", type(node).__name__)
                 raise KeyError(f"{self.name}: slot {self.target!r} has no {'/'.join(self.path[:i + 1])!r}; "
                                f"there: {have}") from None
+            scheduled = getattr(parent, "hyperparams_states", {}) if k == "hyperparams" else {}
+            if i + 1 < len(self.path) and self.path[i + 1] in scheduled:
+                raise ValueError(
+                    f"{self.name}: {self.target}/{'/'.join(self.path)} is already driven by a schedule given to "
+                    f"the optimizer (optax.inject_hyperparams rewrites it at every update, over this "
+                    f"scheduler's value); give {self.target} a float for {self.path[i + 1]!r} and let this "
+                    f"scheduler drive it, or drop the scheduler")
         if jnp.shape(node) != ():
             raise ValueError(f"{self.name}: expected {self.target}/{'/'.join(self.path)} a scalar, got shape "
                              f"{jnp.shape(node)}")

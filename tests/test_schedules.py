@@ -152,6 +152,16 @@ def test_a_scheduler_path_that_leads_nowhere_stops_at_the_first_compile(path, ma
         Trainer([loss, sched], [{"default": {}, "batch_size": 1}], steps_per_call=1).train()
 
 
+def test_a_scheduler_over_a_learning_rate_the_optimizer_already_schedules_is_refused():
+    # inject_hyperparams would rewrite the value at every update: the scheduler's value would be lost silently
+    sched = BPStepScheduler("fit", ("opt_state", "hyperparams", "learning_rate"), constant_schedule(1.0))
+    trainer = Trainer([_fit(lr=linear_schedule(1.0, 0.0, 10)), sched], [{"default": {}, "batch_size": 1}],
+                      steps_per_call=1)
+    with pytest.raises(Exception, match="fit/opt_state/hyperparams/learning_rate is already driven by a schedule "
+                                        "given to the optimizer.*give fit a float for 'learning_rate'"):
+        trainer.train()
+
+
 def test_bad_scheduler_arguments_are_refused():
     with pytest.raises(ValueError, match="non-empty"):
         BPStepScheduler("fit", "", constant_schedule(1.0))
