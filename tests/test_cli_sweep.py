@@ -5,7 +5,6 @@ fails the test instead of stalling the suite."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -52,22 +51,15 @@ REFUSED = {
 }
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A JAX persistent compilation cache shared by the cases (most compile the same step): ~30 -> ~12 s a case."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
-def run_cli(args: list[str], run_dir, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], run_dir) -> subprocess.CompletedProcess:
+    """The CLI in a new interpreter; it shares the session's compilation cache (tests/conftest.py)."""
     cmd = [sys.executable, "-m", "emote_jax", *BASE, *args, "--run-dir", str(run_dir)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=HARD_LIMIT_S, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **env})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=HARD_LIMIT_S, stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("case", sorted(TRAINS))
-def test_odd_but_legal_settings_train(case, tmp_path, compile_cache):
-    proc = run_cli(TRAINS[case], tmp_path / "run", compile_cache)
+def test_odd_but_legal_settings_train(case, tmp_path):
+    proc = run_cli(TRAINS[case], tmp_path / "run")
     assert proc.returncode == 0, f"{case}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["bp_steps"] > 0 and result["env_steps"] > 0, case
@@ -75,9 +67,9 @@ def test_odd_but_legal_settings_train(case, tmp_path, compile_cache):
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
-def test_settings_that_cannot_work_stop_at_once_with_one_line(case, tmp_path, compile_cache):
+def test_settings_that_cannot_work_stop_at_once_with_one_line(case, tmp_path):
     args, option, status = REFUSED[case]
-    proc = run_cli(args, tmp_path / "run", compile_cache)
+    proc = run_cli(args, tmp_path / "run")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == status, f"{case}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
     assert len(lines) == 1 and lines[0].startswith("emote-jax: error:"), f"{case}: {proc.stderr[-3000:]}"
