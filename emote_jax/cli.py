@@ -264,7 +264,8 @@ def _train(args: dict[str, Any]) -> int:
     elif args.get("preset"):
         args = _with_preset(args, given)
     elif args["run_dir"] is None:
-        args["run_dir"] = f"runs/{args['algo']}-{args['env_id']}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        env_name = args["env_id"].replace(":", "-").replace("/", "-")  # jax:Pendulum-v1, ALE/Pong-v5: one plain name
+        args["run_dir"] = f"runs/{args['algo']}-{env_name}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     algo = get_algorithm(args["algo"])
     fields = {f.name for f in dataclasses.fields(algo.config_cls)}
     cfg = algo.config_cls(**{k: v for k, v in args.items() if k in fields})

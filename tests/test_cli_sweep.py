@@ -33,6 +33,8 @@ TRAINS = {
     "one env step per 10 backprop steps": ["--bp-steps-per-env-step", "10", "--steps", "100"],
     "no evaluation, checkpoints every 50 steps keeping 1": ["--eval-episodes", "0", "--checkpoint-interval", "50",
                                                            "--keep-checkpoints", "1"],
+    "a JAX-native env stepped on the device, 3 envs, K=4, n-step 2": ["--env", "jax:Pendulum-v1", "--num-envs", "3",
+                                                                      "--steps-per-call", "4", "--rollout-length", "2"],
 }
 
 #: Settings that cannot work: (extra args, the option the one-line error must name, exit status).
@@ -48,6 +50,7 @@ REFUSED = {
     "a discrete-action env": (["--env", "CartPole-v1"], "--env", 2),
     "an env id gymnasium does not know": (["--env", "NoSuchEnv-v0"], "--env", 2),
     "zero hidden units": (["--hidden", "0"], "--hidden", 2),
+    "threaded collection of a JAX-native env": (["--env", "jax:Pendulum-v1", "--threaded"], "--threaded", 2),
 }
 
 

@@ -29,3 +29,14 @@ def test_sac_with_hl_gauss_critics_solves_pendulum_in_15k_env_steps(seed, tmp_pa
     result = train_sac(cfg, out=None)
     assert result["env_steps"] >= 15_000
     assert result["eval_mean_return"] >= -250.0, result["eval_returns"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sac_fully_on_the_device_solves_pendulum_in_15k_env_steps(seed, tmp_path):
+    """The default config on jax:Pendulum-v1: envs, replay and updates inside the compiled step; evaluated
+    on gymnasium's Pendulum-v1 (the dynamics the JAX env ports)."""
+    cfg = SACConfig(seed=seed, run_dir=str(tmp_path / f"seed{seed}"), env_id="jax:Pendulum-v1")
+    result = train_sac(cfg, out=None)
+    assert 15_000 <= result["env_steps"] < 15_000 + cfg.steps_per_call * cfg.num_envs
+    assert result["eval_mean_return"] >= -250.0, result["eval_returns"]

@@ -27,12 +27,15 @@ import numpy as np
 from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
 from emote_jax.checkpoint import CheckpointLoader, Checkpointer
 from emote_jax.collectors import Actions, BoxActions, GymCollector, ThreadedGymCollector, memory_spec
+from emote_jax.collectors.device import DeviceCollectorMonitor, NoBatches
 from emote_jax.context import Context, PyTree
+from emote_jax.envs.jax_env import GYMNAX_PREFIX, is_jax_env_id
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
 from emote_jax.memory.priority import PriorityFeedback, PriorityUpdater
 from emote_jax.memory.samplers import Sampler, make_sampler
 from emote_jax.recipes.config import RunConfig
+from emote_jax.recipes.device import device_pieces, jax_env, run_jax_episodes
 from emote_jax.recipes.envs import check_rollout_length, make_vector_env, single_env
 from emote_jax.trainer import Trainer
 
@@ -104,10 +107,10 @@ class Run:
 
     config: RunConfig
     trainer: Trainer
-    collector: GymCollector
-    env: gymnasium.vector.VectorEnv
-    table: ReplayTable
-    loader: MemoryLoader
+    collector: GymCollector | DeviceCollectorMonitor
+    env: gymnasium.vector.VectorEnv | None  # None: a JAX-native env, stepped inside the compiled step
+    table: ReplayTable | None  # None: the replay buffer is in the state (the DeviceCollector's slot)
+    loader: MemoryLoader | NoBatches
     policy_net: Any  # the acting network (Algorithm.make_callbacks's second value)
     progress: ProgressLines | None
     logger: MetricsLogger | None = None
@@ -129,6 +132,11 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
     ``resume`` restores the newest of them that passes its integrity check (``resume_step``: exactly that
     one) before training, and prints which to ``out`` (see docs/decisions/0004).
     """
+    if is_jax_env_id(cfg.env_id):  # collection and replay inside the compiled step: no env, table or loader here
+        callbacks, monitor, net = device_pieces(algo, cfg)
+        trainer, parts = _assemble(algo, cfg, callbacks, monitor, net, NoBatches(), None, [], out, resume,
+                                   extra_callbacks, resume_step)
+        return Run(cfg, trainer, monitor, None, None, trainer.dataloader, net, **parts)
     cfg.validate()
     check_rollout_length(cfg)
     env = make_vector_env(cfg)
@@ -145,36 +153,49 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         collector = _collector(algo, cfg, env, algo.collector_policy(net, cfg.act_on_host), MemoryProxy(table),
                                actions)
         warmup = MemoryWarmup(loader, collector=collector, out=out)  # fills up to one batch, whatever warmup_steps says
-        host: list[HostCallback] = [collector, warmup, EnvStepBudget(collector, cfg.env_steps)]
+        feedback: list[HostCallback] = []
         if cfg.replay == "prioritized":  # TD errors back with the metrics, priorities updated after each call
             callbacks = [*callbacks, PriorityFeedback()]
-            host.append(PriorityUpdater(table))
-        progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out) if out is not None else None
-        logger = checkpointer = None
-        if cfg.run_dir is not None and cfg.log_metrics:
-            wandb = ({"project": cfg.wandb_project, "mode": cfg.wandb_mode, "config": cfg.to_json()}
-                     if cfg.wandb_project else None)
-            logger = default_logger(cfg.run_dir, collector, log_interval=cfg.metrics_interval, wandb=wandb,
-                                    names=cfg.metric_names)
-        if cfg.run_dir is not None and cfg.checkpoint_interval > 0:
-            checkpointer = Checkpointer([*callbacks, collector], Path(cfg.run_dir) / "checkpoints",
-                                        cfg.checkpoint_interval, keep=cfg.keep_checkpoints, memory=table)
-        periodic = (PeriodicEvaluation(algo, cfg, collector, net, out)
-                    if cfg.eval_interval > 0 and cfg.eval_episodes > 0 else None)
-        host += [h for h in (progress, periodic, logger, checkpointer) if h is not None]
-        if resume:
-            if cfg.run_dir is None:
-                raise ValueError(f"resume needs {type(cfg).__name__}.run_dir (the checkpoints are in "
-                                 "run_dir/checkpoints)")
-            host.append(CheckpointLoader([*callbacks, collector], Path(cfg.run_dir) / "checkpoints", memory=table,
-                                         step=resume_step, out=out))
-        trainer = Trainer([*callbacks, *host, *extra_callbacks], loader, steps_per_call=cfg.steps_per_call,
-                          seed=cfg.seed)
+            feedback.append(PriorityUpdater(table))
+        trainer, parts = _assemble(algo, cfg, callbacks, collector, net, loader, table, [warmup], out, resume,
+                                   extra_callbacks, resume_step, feedback)
     except BaseException:
         env.close()
         raise
-    return Run(cfg, trainer, collector, env, table, loader, net, progress, logger=logger,
-               checkpointer=checkpointer, algo=algo, periodic_eval=periodic)
+    return Run(cfg, trainer, collector, env, table, loader, net, **parts)
+
+
+def _assemble(algo: Algorithm, cfg: RunConfig, callbacks: list[Callback], collector: Any, net: Any, loader: Any,
+              table: ReplayTable | None, host: list[HostCallback], out: TextIO | None, resume: bool,
+              extra_callbacks: Sequence[Callback | HostCallback], resume_step: int | None,
+              feedback: Sequence[HostCallback] = ()) -> tuple[Trainer, dict[str, Any]]:
+    """What every run has around its collector (a host or a device one): the env-step budget, progress,
+    loggers, checkpoints (``collector`` and ``table`` in them when they are host objects), periodic
+    evaluation, resume; the trainer over all of it. Returns the trainer and the :class:`Run` fields."""
+    host = [collector, *host, EnvStepBudget(collector, cfg.env_steps), *feedback]
+    saved = [*callbacks, collector] if isinstance(collector, GymCollector) else list(callbacks)
+    progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out) if out is not None else None
+    logger = checkpointer = None
+    if cfg.run_dir is not None and cfg.log_metrics:
+        wandb = ({"project": cfg.wandb_project, "mode": cfg.wandb_mode, "config": cfg.to_json()}
+                 if cfg.wandb_project else None)
+        logger = default_logger(cfg.run_dir, collector, log_interval=cfg.metrics_interval, wandb=wandb,
+                                names=cfg.metric_names)
+    if cfg.run_dir is not None and cfg.checkpoint_interval > 0:
+        checkpointer = Checkpointer(saved, Path(cfg.run_dir) / "checkpoints", cfg.checkpoint_interval,
+                                    keep=cfg.keep_checkpoints, memory=table)
+    periodic = (PeriodicEvaluation(algo, cfg, collector, net, out)
+                if cfg.eval_interval > 0 and cfg.eval_episodes > 0 else None)
+    host += [h for h in (progress, periodic, logger, checkpointer) if h is not None]
+    if resume:
+        if cfg.run_dir is None:
+            raise ValueError(f"resume needs {type(cfg).__name__}.run_dir (the checkpoints are in "
+                             "run_dir/checkpoints)")
+        host.append(CheckpointLoader(saved, Path(cfg.run_dir) / "checkpoints", memory=table, step=resume_step,
+                                     out=out))
+    trainer = Trainer([*callbacks, *host, *extra_callbacks], loader, steps_per_call=cfg.steps_per_call, seed=cfg.seed)
+    return trainer, {"progress": progress, "logger": logger, "checkpointer": checkpointer, "algo": algo,
+                     "periodic_eval": periodic}
 
 
 def replay_sampler(cfg: RunConfig) -> Sampler:
@@ -221,7 +242,8 @@ def train_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         ctx = run.trainer.train()
         train_s = time.perf_counter() - t_train
     finally:
-        run.env.close()
+        if run.env is not None:
+            run.env.close()
     bp_steps = run.trainer.bp_step - 1
     interrupted = run.trainer.interrupted_by
     if interrupted and out is not None:
@@ -332,7 +354,9 @@ def evaluate(algo: Algorithm, cfg: RunConfig, net: Any, params: PyTree, episodes
     """Returns of ``episodes`` deterministic episodes (``algo.eval_policy``, or ``act``: the same policy
     already jitted) on a fresh single env."""
     act = act if act is not None else jax.jit(algo.eval_policy(net))
-    env = single_env(cfg)
+    if cfg.env_id.startswith(GYMNAX_PREFIX):  # no gymnasium twin: the episodes run on the device
+        return run_jax_episodes(jax_env(cfg), act, params, episodes, seed)
+    env = single_env(cfg)  # a jax: env is evaluated on the gymnasium env it ports
     try:
         return run_episodes(env, act, params, episodes, seed, env_action(algo, cfg, env.action_space))
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium
 
 import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
+from emote_jax.envs.jax_env import GYMNAX_PREFIX, JAX_PREFIX
 from emote_jax.errors import ConfigError
 
 #: Extras of emote-jax that bring an env family's dependencies, by the start of the envs' entry point.
@@ -63,10 +64,19 @@ def check_rollout_length(cfg: Any) -> None:
 
 
 def single_env(cfg: Any) -> gymnasium.Env:
-    """One ``cfg.env_id`` env with ``cfg.env_kwargs`` (for evaluation), with the same errors as above."""
-    check_env_id(cfg.env_id)
-    with env_errors(cfg.env_id):
-        return select_obs_keys(gymnasium.make(cfg.env_id, **cfg.env_kwargs), cfg)
+    """One ``cfg.env_id`` env with ``cfg.env_kwargs`` (for evaluation), with the same errors as above.
+
+    A JAX-native ``jax:<id>`` env gives the gymnasium env ``<id>`` it ports (the same dynamics), so its
+    policies are evaluated and filmed on the original."""
+    env_id = cfg.env_id
+    if env_id.startswith(JAX_PREFIX):
+        env_id = env_id[len(JAX_PREFIX):]
+    elif env_id.startswith(GYMNAX_PREFIX):
+        raise ConfigError(f"--env {env_id}: a gymnax env has no gymnasium twin to run on the host; its evaluation "
+                          "runs on the device (emote_jax.recipes.device.run_jax_episodes)", "--env")
+    check_env_id(env_id)
+    with env_errors(env_id):
+        return select_obs_keys(gymnasium.make(env_id, **cfg.env_kwargs), cfg)
 
 
 def select_obs_keys(env: gymnasium.Env, cfg: Any) -> gymnasium.Env:

@@ -1,0 +1,161 @@
+"""JAX-native environments: pure ``reset``/``step`` functions that run inside the compiled step.
+
+A :class:`JaxEnv` is one environment as pure functions of an explicit state; the device collector
+(:class:`~emote_jax.collectors.device.DeviceCollector`) batches them with ``jax.vmap`` and adds the time
+limit and the autoreset itself, so an env only reports *termination* (the MDP ended) and never a time
+limit: a truncated episode is stored as truncated, and its Q target bootstraps.
+
+Ids are ``jax:<name>`` (:data:`JAX_ENVS`: ports of gymnasium's classic-control dynamics, checked step by
+step against gymnasium in the tests) and, with gymnax installed, ``gymnax:<name>`` (any gymnax env with a
+``Box`` action space; docs/decisions/0012-device-collection.md says why gymnax is optional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emote_jax.context import PyTree
+
+#: ``key -> (env state, obs (obs_dim,))``.
+Reset = Callable[[jax.Array], tuple[PyTree, jax.Array]]
+#: ``(env state, action (A,), key) -> (env state, obs (obs_dim,), reward (), terminated () bool)``.
+Step = Callable[[PyTree, jax.Array, jax.Array], tuple[PyTree, jax.Array, jax.Array, jax.Array]]
+
+#: The prefixes of JAX-native env ids.
+JAX_PREFIX, GYMNAX_PREFIX = "jax:", "gymnax:"
+
+
+@dataclass(frozen=True)
+class JaxEnv:
+    """One JAX-native environment.
+
+    Attributes:
+        id: the id it was made from (``"jax:Pendulum-v1"``).
+        reset: ``key -> (state, obs (obs_dim,) float32)``.
+        step: ``(state, action (A,) in the action space's units, key) -> (state, obs, reward () float32,
+            terminated () bool)``; no time limit, no autoreset (the collector adds both).
+        observation_space: a flat float32 ``Box`` ``(obs_dim,)``.
+        action_space: a ``Box`` ``(A,)``; the policy's ``[-1, 1]`` is scaled into it by the collector.
+        max_episode_steps: the time limit: the collector truncates an episode after this many steps.
+    """
+
+    id: str
+    reset: Reset
+    step: Step
+    observation_space: gymnasium.spaces.Box
+    action_space: gymnasium.spaces.Box
+    max_episode_steps: int
+
+    @property
+    def gymnasium_id(self) -> str | None:
+        """The gymnasium env this one ports (same dynamics), or None."""
+        return self.id[len(JAX_PREFIX):] if self.id.startswith(JAX_PREFIX) else None
+
+
+def is_jax_env_id(env_id: str) -> bool:
+    """Whether ``env_id`` names a JAX-native env (``jax:...`` or ``gymnax:...``)."""
+    return env_id.startswith((JAX_PREFIX, GYMNAX_PREFIX))
+
+
+# ---- Pendulum-v1 ----------------------------------------------------------------------------------------
+
+
+def _angle_normalize(x: jax.Array) -> jax.Array:
+    return ((x + jnp.pi) % (2 * jnp.pi)) - jnp.pi
+
+
+def pendulum(g: float = 10.0, max_episode_steps: int = 200) -> JaxEnv:
+    """gymnasium's ``Pendulum-v1`` (``g`` as its ``g`` option, 200 steps as its time limit), in float32.
+
+    State ``(theta, theta_dot)``; reset ``theta ~ U[-pi, pi]``, ``theta_dot ~ U[-1, 1]``; observation
+    ``[cos theta, sin theta, theta_dot]``; reward ``-(angle_normalize(theta)^2 + 0.1 theta_dot^2 +
+    0.001 u^2)`` with ``u`` the torque clipped to ``[-2, 2]``; semi-implicit Euler with ``dt = 0.05``,
+    ``theta_dot`` clipped to ``[-8, 8]``. It never terminates.
+    """
+    max_speed, max_torque, dt, m, length = 8.0, 2.0, 0.05, 1.0, 1.0
+
+    def obs_of(state: jax.Array) -> jax.Array:
+        th, thdot = state[0], state[1]
+        return jnp.stack([jnp.cos(th), jnp.sin(th), thdot]).astype(jnp.float32)
+
+    def reset(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        state = jax.random.uniform(key, (2,), jnp.float32, -1.0, 1.0) * jnp.array([jnp.pi, 1.0], jnp.float32)
+        return state, obs_of(state)
+
+    def step(state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        th, thdot = state[0], state[1]
+        u = jnp.clip(action[0], -max_torque, max_torque)
+        cost = _angle_normalize(th) ** 2 + 0.1 * thdot**2 + 0.001 * u**2
+        new_thdot = jnp.clip(thdot + (3.0 * g / (2.0 * length) * jnp.sin(th) + 3.0 / (m * length**2) * u) * dt,
+                             -max_speed, max_speed)
+        new_state = jnp.stack([th + new_thdot * dt, new_thdot])
+        return new_state, obs_of(new_state), (-cost).astype(jnp.float32), jnp.zeros((), bool)
+
+    high = np.array([1.0, 1.0, max_speed], np.float32)
+    return JaxEnv("jax:Pendulum-v1", reset, step, gymnasium.spaces.Box(-high, high, dtype=np.float32),
+                  gymnasium.spaces.Box(-max_torque, max_torque, (1,), np.float32), max_episode_steps)
+
+
+#: The ``jax:`` envs: name -> factory.
+JAX_ENVS: dict[str, Callable[[], JaxEnv]] = {"Pendulum-v1": pendulum}
+
+
+# ---- gymnax ---------------------------------------------------------------------------------------------
+
+
+def gymnax_env(name: str) -> JaxEnv:
+    """A gymnax env (``pip install gymnax``) as a :class:`JaxEnv`: its ``step_env`` without autoreset, its
+    termination without its time limit (gymnax folds the time limit into ``done``; here it is the
+    collector's truncation, at gymnax's ``max_steps_in_episode``)."""
+    try:
+        import gymnax  # noqa: PLC0415  (optional)
+    except ImportError as e:
+        raise ValueError(f"--env gymnax:{name} needs gymnax: pip install gymnax ({e})") from None
+    try:
+        env, params = gymnax.make(name)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"--env gymnax:{name}: gymnax does not know {name!r} ({e})") from None
+    act_space, obs_space = env.action_space(params), env.observation_space(params)
+    if not hasattr(act_space, "low") or not hasattr(obs_space, "low"):
+        raise ValueError(f"--env gymnax:{name}: expected Box observation and action spaces (SAC on the device), "
+                         f"got {type(obs_space).__name__} and {type(act_space).__name__}")
+    max_steps = int(params.max_steps_in_episode)
+    no_limit = params.replace(max_steps_in_episode=np.iinfo(np.int32).max)
+    a_shape = tuple(act_space.shape) or (1,)
+
+    def reset(key: jax.Array) -> tuple[Any, jax.Array]:
+        obs, state = env.reset_env(key, no_limit)
+        return state, jnp.ravel(obs).astype(jnp.float32)
+
+    def step(state: Any, action: jax.Array, key: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+        a = action if act_space.shape else action[0]
+        obs, state, reward, done, _ = env.step_env(key, state, a, no_limit)
+        return state, jnp.ravel(obs).astype(jnp.float32), jnp.asarray(reward, jnp.float32), jnp.asarray(done, bool)
+
+    obs_low = np.broadcast_to(np.asarray(obs_space.low, np.float32), obs_space.shape).ravel()
+    obs_high = np.broadcast_to(np.asarray(obs_space.high, np.float32), obs_space.shape).ravel()
+    act_low = np.broadcast_to(np.asarray(act_space.low, np.float32), a_shape)
+    act_high = np.broadcast_to(np.asarray(act_space.high, np.float32), a_shape)
+    return JaxEnv(f"{GYMNAX_PREFIX}{name}", reset, step, gymnasium.spaces.Box(obs_low, obs_high, dtype=np.float32),
+                  gymnasium.spaces.Box(act_low, act_high, dtype=np.float32), max_steps)
+
+
+def make_jax_env(env_id: str) -> JaxEnv:
+    """The :class:`JaxEnv` of ``env_id`` (``jax:<name>`` or ``gymnax:<name>``); a ValueError naming
+    ``--env`` and the ids there are otherwise."""
+    if env_id.startswith(JAX_PREFIX):
+        name = env_id[len(JAX_PREFIX):]
+        if name not in JAX_ENVS:
+            raise ValueError(f"--env {env_id}: no JAX-native env {name!r}; expected one of "
+                             f"{[JAX_PREFIX + n for n in JAX_ENVS]} or gymnax:<name>")
+        return JAX_ENVS[name]()
+    if env_id.startswith(GYMNAX_PREFIX):
+        return gymnax_env(env_id[len(GYMNAX_PREFIX):])
+    raise ValueError(f"--env {env_id}: expected a JAX-native env id (jax:<name> or gymnax:<name>)")

@@ -1,0 +1,119 @@
+"""The run of a JAX-native env (``--env jax:Pendulum-v1``): collection and replay inside the compiled step.
+
+:func:`device_pieces` is what :func:`~emote_jax.recipes.common.build_run` uses for an env id that
+:func:`~emote_jax.envs.jax_env.is_jax_env_id` accepts: a :class:`~emote_jax.collectors.device.DeviceCollector`
+takes the place of the gymnasium collector, memory, loader and warm-up (its slot holds the envs and the
+replay buffer, so checkpoints hold them too and a resume is exact, episodes included); the algorithm's
+callbacks, the budget, progress, loggers, checkpoints and evaluation are the host path's.
+docs/decisions/0012-device-collection.md records the choices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import jax
+import numpy as np
+
+from emote_jax.callback import Callback
+from emote_jax.collectors.device import DeviceCollector, DeviceCollectorMonitor
+from emote_jax.envs.jax_env import JaxEnv, make_jax_env
+from emote_jax.errors import ConfigError
+from emote_jax.recipes.config import RunConfig
+
+#: An :class:`~emote_jax.recipes.common.Algorithm` (not imported: common imports this module).
+Algorithm = Any
+
+
+def jax_env(cfg: RunConfig) -> JaxEnv:
+    """The :class:`JaxEnv` of ``cfg.env_id``, or a ConfigError naming ``--env``."""
+    if cfg.env_kwargs:
+        raise ConfigError(f"--env-kwargs {cfg.env_kwargs!r}: JAX-native envs ({cfg.env_id}) take no keyword "
+                          "arguments", "--env-kwargs")
+    try:
+        return make_jax_env(cfg.env_id)
+    except ValueError as e:
+        raise ConfigError(str(e), "--env") from None
+
+
+def device_settings(cfg: RunConfig, env: JaxEnv) -> tuple[int, int]:
+    """``(vector steps per bp step E, bp steps per vector step M)`` from ``cfg.bp_steps_per_env_step``, after
+    refusing the settings the device path does not have (each with the option to change)."""
+    refused = [("--threaded", cfg.threaded, "the envs are stepped inside the compiled step"),
+               ("--prefetch", cfg.prefetch, "batches are sampled inside the compiled step"),
+               ("--async-envs", cfg.async_envs, "the envs are stepped inside the compiled step"),
+               ("--replay", cfg.replay != "uniform", "the device buffer samples uniformly"),
+               ("--rollout-targets", cfg.rollout_targets != "n-step", "the device buffer gives n-step windows"),
+               ("--obs-keys", bool(cfg.obs_keys), f"{cfg.env_id} has a flat Box observation")]
+    for option, bad, why in refused:
+        if bad:
+            raise ConfigError(f"{option} is not available with --env {cfg.env_id}: {why}; drop {option} or use a "
+                              "gymnasium env", option)
+    if cfg.rollout_length > env.max_episode_steps:
+        raise ConfigError(f"--rollout-length {cfg.rollout_length} is longer than {cfg.env_id}'s episodes (time limit "
+                          f"{env.max_episode_steps} steps); expected <= {env.max_episode_steps}", "--rollout-length")
+    r = float(cfg.bp_steps_per_env_step)
+    if r >= 1 and r == int(r):
+        return 1, int(r)
+    if r < 1 and abs(1 / r - round(1 / r)) < 1e-9:
+        return int(round(1 / r)), 1
+    raise ConfigError(f"--bp-steps-per-env-step {r!r} is not available with --env {cfg.env_id}: expected a whole "
+                      "number (backprop steps per vector step) or one over a whole number (e.g. 0.25: four vector "
+                      "steps per backprop step)", "--bp-steps-per-env-step")
+
+
+def check_box_spaces(algo: Algorithm, env: JaxEnv) -> tuple[int, int]:
+    """The algorithm's ``(obs_dim, n_actions)`` for the env; only Box actions run on the device for now."""
+    if not isinstance(env.action_space, gymnasium.spaces.Box):
+        raise ConfigError(f"--env {env.id}: the device path runs continuous (Box) actions only; got "
+                          f"{env.action_space}", "--env")
+    return algo.check_spaces(env.observation_space, env.action_space, env.id)
+
+
+def device_pieces(algo: Algorithm, cfg: RunConfig) -> tuple[list[Callback], DeviceCollectorMonitor, Any]:
+    """``(device callbacks, monitor, acting network)`` of a run of ``cfg`` on a JAX-native env: the
+    :class:`DeviceCollector` first, then the algorithm's callbacks; the monitor is the run's host collector.
+    Every check happens here, before anything is compiled."""
+    cfg.validate()
+    if algo.name != "sac":
+        raise ConfigError(f"--algo {algo.name} does not run on a JAX-native env yet (--env {cfg.env_id}); use "
+                          "--algo sac, or a gymnasium env", "--algo")
+    env = jax_env(cfg)
+    per_bp, per_vector = device_settings(cfg, env)
+    obs_dim, n_actions = check_box_spaces(algo, env)
+    callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
+    capacity = max(cfg.memory_size // cfg.num_envs, cfg.rollout_length)
+    device = DeviceCollector(env, algo.collector_policy(net, False), num_envs=cfg.num_envs, capacity=capacity,
+                             batch_count=cfg.batch_size // cfg.rollout_length, rollout_length=cfg.rollout_length,
+                             params_slot=algo.params_slot, warmup_steps=cfg.warmup_steps,
+                             random_warmup=cfg.random_warmup, vector_steps_per_bp_step=per_bp,
+                             bp_steps_per_vector_step=per_vector, seed=cfg.seed)
+    return [device, *callbacks], DeviceCollectorMonitor(device), net
+
+
+def run_jax_episodes(env: JaxEnv, act: Any, params: Any, episodes: int, seed: int) -> list[float]:
+    """Returns of ``episodes`` episodes of the deterministic ``act`` on ``env``, all at once on the device
+    (``jax.vmap`` over episodes, ``lax.scan`` over the time limit); episode ``i`` resets with
+    ``jax.random.key(seed + i)``."""
+    if episodes < 1:
+        return []
+    low = jax.numpy.asarray(env.action_space.low)
+    high = jax.numpy.asarray(env.action_space.high)
+
+    def one(key: jax.Array) -> jax.Array:
+        state, obs = env.reset(key)
+
+        def body(carry: Any, k: jax.Array) -> tuple[Any, None]:
+            state, obs, total, done = carry
+            a = act(params, obs[None], k)[0]
+            state2, obs2, r, term = env.step(state, low + (a + 1.0) * 0.5 * (high - low), k)
+            total = total + jax.numpy.where(done, 0.0, r)
+            return (state2, obs2, total, done | term), None
+
+        keys = jax.random.split(jax.random.fold_in(key, 1), env.max_episode_steps)
+        (_, _, total, _), _ = jax.lax.scan(body, (state, obs, jax.numpy.zeros(()), jax.numpy.zeros((), bool)), keys)
+        return total
+
+    keys = jax.numpy.stack([jax.random.key(seed + i) for i in range(episodes)])
+    return np.asarray(jax.jit(jax.vmap(one))(keys)).astype(float).tolist()
