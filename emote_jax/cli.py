@@ -102,6 +102,12 @@ def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
                         "(options given here that differ from their defaults override it, e.g. a larger --steps). "
                         "A newer checkpoint that fails its integrity check is named in one warning line, passed "
                         "over and renamed <step>.damaged; with none intact: exit status 1")
+    p.add_argument("--population", type=int, default=1, metavar="P",
+                   help="train P members (seeds --seed .. --seed+P-1) in one vmapped program; needs --env jax:<name>. "
+                        "Writes run-dir/member-<i>/ (each a run directory emote-jax eval reads) and population.json")
+    p.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
+                   help="with --population: member i takes value i %% L of the L values of NAME, one of "
+                        "lr_q, lr_policy, lr_alpha, gamma, tau, reward_scale, max_alpha, max_grad_norm, initial_alpha")
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="with --resume: from exactly the checkpoint of bp step N, or fail (no other is tried; "
                         "a later intact checkpoint is refused, as the resumed run would write among them)")
@@ -254,6 +260,11 @@ def _algo_arg(argv: Sequence[str]) -> str:
 
 def _train(args: dict[str, Any]) -> int:
     resume, resume_step, given = args.pop("resume"), args.pop("resume_step"), args.pop("given")
+    population, sweep = args.pop("population", 1), args.pop("sweep", None)
+    if (population != 1 or sweep) and resume:
+        raise UsageError("--population with --resume: a population is not checkpointed yet; train it again")
+    if sweep and population == 1:
+        raise UsageError("--sweep needs --population P > 1 (the members take its values in turn)")
     if resume_step is not None and not resume:
         raise UsageError("--resume-step needs --resume (and --run-dir): it picks the checkpoint to resume from")
     if resume and args.get("preset"):
@@ -275,6 +286,12 @@ def _train(args: dict[str, Any]) -> int:
         raise
     except ValueError as e:  # a setting the config refuses is a setting error, whatever its type
         raise ConfigError(str(e)) from e
+    if population != 1:
+        from emote_jax.population import train_population
+
+        train_population(algo, cfg, population, sweep, out=sys.stdout)
+        print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
+        return 0
     train_run(algo, cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now
     print(f"run directory: {cfg.run_dir}")
     return 0

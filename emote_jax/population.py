@@ -1,0 +1,282 @@
+"""Populations: P members of one run in one compiled program, ``jax.vmap`` over the K-step call.
+
+Each member is a run of its own (:func:`~emote_jax.recipes.common.build_run` with its own seed, and
+optionally its own hyperparameters), so member ``i`` starts exactly where the solo run of its config
+starts. :class:`Population` stacks the members' states (a leading axis P on every array) and compiles
+the first member's K-step call under ``jax.vmap``: the callbacks are the same code for every member, and
+whatever differs between members (parameters, optimizer states, hyperparameters that live in the state,
+the envs and replay of a :class:`~emote_jax.collectors.device.DeviceCollector`, PRNG keys) is in the
+state. Hyperparameters that live in the state (learning rates through ``inject_hyperparams``, gamma, tau,
+the reward scale, ...) can therefore differ per member without a recompilation.
+
+Members collect on the device (``--env jax:...``): every member's batch comes from its own slot, so the
+loader is a no-op. :meth:`Population.member_state` / :meth:`Population.to_member` take a member out into
+its own run again (to evaluate, save or export it like any run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emote_jax.collectors.device import DeviceCollectorMonitor
+from emote_jax.context import PyTree
+from emote_jax.faults import NonFiniteError, first_nonfinite
+from emote_jax.trainer import TRAINER_SLOT, Trainer
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """The members' pytrees (same structure, shapes, dtypes) as one with a leading axis P."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: PyTree, i: int) -> PyTree:
+    """Member ``i`` of a stacked pytree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+class Population:
+    """P runs trained together: one compiled, vmapped call advances every member K backprop steps.
+
+    Args:
+        runs: the members, built by :func:`~emote_jax.recipes.common.build_run` from configs that differ
+            only in what lives in the state (the seed, hyperparameters); their collectors must be
+            :class:`~emote_jax.collectors.device.DeviceCollector`\\ s (a JAX-native env).
+
+    The members' warm-ups run first, each in its own ``begin_training`` (as a solo run's), then the
+    states are stacked. :attr:`metrics` of the last call are ``name -> (P, K, ...)``.
+    """
+
+    def __init__(self, runs: Sequence[Any]):
+        if not runs:
+            raise ValueError("Population: expected at least one member run, got none")
+        bad = [i for i, r in enumerate(runs) if not isinstance(r.collector, DeviceCollectorMonitor)]
+        if bad:
+            raise ValueError(f"Population: members {bad} collect on the host; a population collects on the device "
+                             "(a JAX-native env: --env jax:<name>)")
+        self.runs = list(runs)
+        self.trainer: Trainer = runs[0].trainer
+        ks = {r.trainer.steps_per_call for r in runs}
+        if len(ks) != 1:
+            raise ValueError(f"Population: expected one steps_per_call for every member, got {sorted(ks)}")
+        self.steps_per_call = ks.pop()
+        for r in self.runs:  # each member's begin_training (its warm-up), as in its solo run; no step yet
+            r.trainer.train(lambda: True, handle_signals=False)
+        states = [r.trainer.ctx.state for r in self.runs]
+        first = jax.tree.structure(states[0])
+        for i, s in enumerate(states[1:], 1):
+            if jax.tree.structure(s) != first or any(
+                    a.shape != b.shape or a.dtype != b.dtype
+                    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(s), strict=True)):
+                raise ValueError(f"Population: member {i}'s state differs in structure, shapes or dtypes from "
+                                 "member 0's; members may differ only in values (seeds, hyperparameters)")
+        self.state = stack(states)
+        self.key = jnp.stack([r.trainer.ctx.key for r in self.runs])
+        self.metrics: dict[str, np.ndarray] = {}
+        self.num_compilations = 0
+        t = self.trainer
+
+        def call(state: PyTree, key: jax.Array) -> tuple[PyTree, jax.Array, tuple[jax.Array, ...]]:
+            self.num_compilations += 1  # runs only while tracing
+            state, key, packed = t._run_steps(state, key, {})
+            ((index, arrays),) = packed.items()
+            self._layout = t._layouts[index]
+            return state, key, arrays
+
+        self._call = jax.jit(jax.vmap(call), donate_argnums=(0, 1))
+
+    @property
+    def size(self) -> int:
+        """P, the number of members."""
+        return len(self.runs)
+
+    @property
+    def bp_step(self) -> int:
+        """The next backprop step of every member (they advance together)."""
+        return int(self.state[TRAINER_SLOT]["bp_step"][0])
+
+    def step(self) -> dict[str, np.ndarray]:
+        """One compiled call: K backprop steps of every member. Returns ``name -> (P, K, ...)`` and raises
+        :class:`~emote_jax.faults.NonFiniteError` (naming the member) if a member's step was non-finite."""
+        first = self.bp_step
+        self.state, self.key, arrays = self._call(self.state, self.key)
+        host = [np.asarray(a) for a in arrays]  # (P, rows, K) per dtype
+        per_member = [self._layout.unpack([h[i] for h in host]) for i in range(self.size)]
+        for i, m in enumerate(per_member):
+            if self._layout.flagged([h[i] for h in host], m):
+                bad = first_nonfinite(m, first)
+                if bad is not None:
+                    raise NonFiniteError(bad[0], bad[1], f"a non-finite loss, gradient or parameter in member {i}")
+        self.metrics = {k: np.stack([m[k] for m in per_member]) for k in (per_member[0] if per_member else {})}
+        return self.metrics
+
+    def train(self, bp_steps: int, out: TextIO | None = None, log_every_s: float = 10.0,
+              should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Advance every member until it has run ``bp_steps`` more backprop steps (whole calls), printing a
+        line to ``out`` about every ``log_every_s`` seconds: the members' env steps and last-10 returns."""
+        end = self.bp_step + bp_steps
+        last = time.perf_counter()
+        while self.bp_step < end and not should_stop():
+            self.step()
+            if out is not None and time.perf_counter() - last >= log_every_s:
+                last = time.perf_counter()
+                print(self.summary_line(), file=out, flush=True)
+
+    #: The collector slot's entries the host monitors read (not the envs or the replay buffer).
+    _COUNTERS = ("vector_steps", "episodes", "ring_returns", "ring_lengths")
+
+    def sync_monitors(self) -> None:
+        """Give each member's host monitor (env steps, episodes) its member's counters."""
+        name = self.runs[0].collector.collector.name
+        host = {k: np.asarray(self.state[name][k]) for k in self._COUNTERS}  # one small transfer each
+        for i, r in enumerate(self.runs):
+            r.collector.sync({name: {k: v[i] for k, v in host.items()}})
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps taken by each member (they advance together)."""
+        name = self.runs[0].collector.collector.name
+        return int(self.state[name]["vector_steps"][0]) * self.runs[0].collector.num_envs
+
+    def summary_line(self) -> str:
+        self.sync_monitors()
+        rets = [np.mean(list(r.collector.episode_returns)[-10:]) if r.collector.episode_returns else float("nan")
+                for r in self.runs]
+        return (f"bp step {self.bp_step - 1:>8} | env steps per member {self.runs[0].collector.env_steps:>8} | "
+                f"return (last 10) min {np.nanmin(rets):8.1f} median {np.nanmedian(rets):8.1f} "
+                f"max {np.nanmax(rets):8.1f}" if not np.all(np.isnan(rets)) else
+                f"bp step {self.bp_step - 1:>8} | env steps per member {self.runs[0].collector.env_steps:>8}")
+
+    def member_state(self, i: int) -> tuple[PyTree, jax.Array]:
+        """Member ``i``'s state and key, as its solo run's trainer holds them."""
+        return unstack(self.state, i), self.key[i]
+
+    def to_member(self, i: int) -> Any:
+        """Member ``i``'s run with its trainer holding the member's current state (to evaluate, save,
+        export or go on training it alone)."""
+        state, key = self.member_state(i)
+        run = self.runs[i]
+        run.trainer.ctx = run.trainer.ctx.replace(state=jax.tree.map(jnp.array, state), key=key)
+        run.collector.sync(run.trainer.ctx.state)
+        return run
+
+
+# ---- emote-jax train --population P [--sweep name=v1,v2,...] ------------------------------------------------
+
+#: The SAC settings a population may vary across members: each lives in the state (an optimizer's
+#: injected hyperparameter, a target's hparams, the alpha slot), so members share one program.
+SWEEPABLE = ("lr_q", "lr_policy", "lr_alpha", "gamma", "tau", "reward_scale", "max_alpha", "max_grad_norm",
+             "initial_alpha")
+
+
+def parse_sweep(text: str) -> tuple[str, tuple[float, ...]]:
+    """``"lr_q=1e-4,3e-4"`` -> ``("lr_q", (1e-4, 3e-4))``; a ConfigError naming ``--sweep`` otherwise."""
+    from emote_jax.errors import ConfigError  # noqa: PLC0415
+
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in SWEEPABLE:
+        raise ConfigError(f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)} "
+                          "(the settings that live in the training state)", "--sweep")
+    try:
+        vals = tuple(float(v) for v in values.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--sweep {text!r}: expected numbers after '=', e.g. lr_q=1e-4,3e-4", "--sweep") from None
+    if not vals:
+        raise ConfigError(f"--sweep {text!r}: expected at least one value after '='", "--sweep")
+    return name, vals
+
+
+def member_configs(cfg: Any, size: int, sweep: str | None = None) -> list[Any]:
+    """The members' configs: seeds ``cfg.seed + i``; with ``sweep``, member ``i`` takes value ``i % L`` of the
+    swept setting's L values. Members train without their own logs, checkpoints or periodic evaluation."""
+    import dataclasses  # noqa: PLC0415
+
+    from emote_jax.errors import ConfigError  # noqa: PLC0415
+
+    if size < 1:
+        raise ConfigError(f"--population {size} is not valid: expected >= 1", "--population")
+    name, values = parse_sweep(sweep) if sweep else (None, ())
+    out = []
+    for i in range(size):
+        change: dict[str, Any] = {"seed": cfg.seed + i, "run_dir": None, "log_metrics": False,
+                                  "checkpoint_interval": 0, "eval_interval": 0}
+        if name is not None:
+            change[name] = values[i % len(values)]
+        out.append(dataclasses.replace(cfg, **change))
+    return out
+
+
+def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, out: TextIO | None = None) -> dict:
+    """Train ``size`` members of ``cfg`` (seeds ``cfg.seed + i``, ``sweep`` as :func:`member_configs`) in one
+    vmapped program until each has taken ``cfg.env_steps`` env steps; evaluate each; write
+    ``run_dir/member-<i>/`` (``config.json``, ``policy/``, ``result.json``: a run directory that
+    ``emote-jax eval`` reads) and ``run_dir/population.json`` (the result and the shared config). Returns the
+    population's result."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from emote_jax.envs.jax_env import is_jax_env_id  # noqa: PLC0415
+    from emote_jax.errors import ConfigError  # noqa: PLC0415
+    from emote_jax.recipes.common import build_run, evaluate, save_policy  # noqa: PLC0415
+
+    if not is_jax_env_id(cfg.env_id):
+        raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name> or gymnax:<name>): the "
+                          f"members collect on the device; got --env {cfg.env_id}", "--population")
+    configs = member_configs(cfg, size, sweep)
+    t0 = time.perf_counter()
+    pop = Population([build_run(algo, c, out=None) for c in configs])
+    if out is not None:
+        print(f"emote_jax {algo.title} population of {size} on {cfg.env_id}: {cfg.env_steps} env steps per member, "
+              f"seeds {cfg.seed}..{cfg.seed + size - 1}" + (f", sweep {sweep}" if sweep else "")
+              + f", devices {jax.devices()}", file=out, flush=True)
+    t_train, last = time.perf_counter(), time.perf_counter()
+    while pop.env_steps < cfg.env_steps:
+        pop.step()
+        if out is not None and time.perf_counter() - last >= 10.0:
+            last = time.perf_counter()
+            print(pop.summary_line(), file=out, flush=True)
+    train_s = time.perf_counter() - t_train
+    members = []
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    for i, c in enumerate(configs):
+        run = pop.to_member(i)
+        params = run.trainer.ctx.state[algo.params_slot]["params"]
+        returns = evaluate(algo, c, run.policy_net, params, c.eval_episodes, seed=c.seed + 10_000)
+        member = {"member": i, "seed": c.seed, "env_steps": run.collector.env_steps,
+                  "bp_steps": run.trainer.bp_step - 1, "eval_returns": returns,
+                  "eval_mean_return": float(np.mean(returns)) if returns else None,
+                  "train_returns_last10": list(run.collector.episode_returns)[-10:]}
+        if sweep:
+            name = parse_sweep(sweep)[0]
+            member[name] = getattr(c, name)
+        members.append(member)
+        if run_dir is not None:
+            mdir = run_dir / f"member-{i}"
+            mdir.mkdir(parents=True, exist_ok=True)
+            (mdir / "config.json").write_text(json.dumps(c.to_json(), indent=2))
+            save_policy(mdir, params)
+            (mdir / "result.json").write_text(json.dumps(member, indent=2))
+    means = [m["eval_mean_return"] for m in members if m["eval_mean_return"] is not None]
+    result = {"env_id": cfg.env_id, "population": size, "sweep": sweep, "env_steps_per_member": cfg.env_steps,
+              "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
+              "member_updates_per_s": size * (pop.bp_step - 1) / train_s if train_s > 0 else None,
+              "compilations": pop.num_compilations, "members": members,
+              "eval_mean_return": {"min": min(means), "median": float(np.median(means)), "max": max(means)}
+              if means else None}
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "population.json").write_text(json.dumps({**result, "config": cfg.to_json()}, indent=2))
+    if out is not None:
+        for m in members:
+            extra = f", {parse_sweep(sweep)[0]} {m[parse_sweep(sweep)[0]]:g}" if sweep else ""
+            shown = f"{m['eval_mean_return']:.1f}" if m["eval_mean_return"] is not None else "not evaluated"
+            print(f"member {m['member']} (seed {m['seed']}{extra}): evaluation mean return {shown}", file=out)
+        print(f"trained {size} members in {train_s:.0f} s ({result['member_updates_per_s']:.0f} member updates/s)",
+              file=out, flush=True)
+    return result
