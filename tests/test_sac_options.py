@@ -81,7 +81,7 @@ def test_the_defaults_are_pinned():
         ("Pendulum-v1", 15_000, 256, 1_000, 1, 1.0)
     assert (d.hidden_dims, d.lr_q, d.lr_policy, d.lr_alpha, d.gamma, d.tau) == ((256, 256), 3e-4, 3e-4, 3e-4, 0.99, 0.005)
     assert (d.max_grad_norm, d.max_alpha, d.initial_alpha, d.policy_q, d.critic, d.preset) == \
-        (10.0, 0.2, 1.0, "min", "mse", None)
+        (math.inf, 0.2, 1.0, "min", "mse", None)  # no clipping: docs/decisions/0013
     assert d.policy_head_init == "orthogonal"
 
 
