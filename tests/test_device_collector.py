@@ -93,6 +93,7 @@ def test_a_resumed_device_run_equals_the_straight_run_bitwise(tmp_path):
     (dict(bp_steps_per_env_step=1.5), "--bp-steps-per-env-step"), (dict(rollout_length=201, batch_size=201),
                                                                     "--rollout-length"),
     (dict(env_id="jax:Nope-v0"), "--env"), (dict(env_kwargs={"g": 9.8}), "--env-kwargs"),
+    (dict(env_id="jax:CartPole-v1"), "--env"),  # discrete actions: not for SAC on the device
 ])
 def test_settings_the_device_path_does_not_have_are_refused_naming_the_option(change, option):
     with pytest.raises(ConfigError) as e:

@@ -46,5 +46,30 @@ def test_jax_pendulum_resets_within_gymnasiums_bounds_and_by_key():
 def test_env_ids():
     assert is_jax_env_id("jax:Pendulum-v1") and is_jax_env_id("gymnax:CartPole-v1")
     assert not is_jax_env_id("Pendulum-v1")
-    with pytest.raises(ValueError, match=r"no JAX-native env 'Nope-v0'; expected one of \['jax:Pendulum-v1'\]"):
+    with pytest.raises(ValueError, match=r"no JAX-native env 'Nope-v0'; expected one of \['jax:CartPole-v1', 'jax:Pendulum-v1'\]"):
         make_jax_env("jax:Nope-v0")
+
+
+def test_jax_cartpole_follows_gymnasiums_cartpole_step_for_step():
+    env = make_jax_env("jax:CartPole-v1")
+    ref = gymnasium.make("CartPole-v1").unwrapped
+    rng = np.random.default_rng(1)
+    step = jax.jit(env.step)
+    ends = 0
+    for episode in range(20):
+        state, obs = env.reset(jax.random.key(episode))
+        ref.reset(seed=episode)
+        ref.state = np.asarray(state, np.float64)
+        for t in range(500):
+            a = int(rng.integers(0, 2))
+            state, obs, r, terminated = step(state, jnp.asarray(a, jnp.int32), jax.random.key(t))
+            ref_obs, ref_r, ref_term, _, _ = ref.step(a)
+            np.testing.assert_allclose(np.asarray(obs), ref_obs, atol=1e-4, err_msg=f"episode {episode} step {t}")
+            assert float(r) == ref_r == 1.0
+            assert bool(terminated) == ref_term, (episode, t)
+            if ref_term:
+                ends += 1
+                break
+            ref.state = np.asarray(state, np.float64)
+    assert ends == 20  # random actions drop the pole well before the time limit: every termination was compared
+    assert env.max_episode_steps == 500 and env.action_space.n == 2

@@ -6,7 +6,7 @@ limit and the autoreset itself, so an env only reports *termination* (the MDP en
 limit: a truncated episode is stored as truncated, and its Q target bootstraps.
 
 Ids are ``jax:<name>`` (:data:`JAX_ENVS`: ports of gymnasium's classic-control dynamics, checked step by
-step against gymnasium in the tests) and, with gymnax installed, ``gymnax:<name>`` (any gymnax env with a
+step against gymnasium in the tests: Pendulum-v1, CartPole-v1) and, with gymnax installed, ``gymnax:<name>`` (any gymnax env with a
 ``Box`` action space; docs/decisions/0012-device-collection.md says why gymnax is optional).
 """
 
@@ -42,7 +42,8 @@ class JaxEnv:
         step: ``(state, action (A,) in the action space's units, key) -> (state, obs, reward () float32,
             terminated () bool)``; no time limit, no autoreset (the collector adds both).
         observation_space: a flat float32 ``Box`` ``(obs_dim,)``.
-        action_space: a ``Box`` ``(A,)``; the policy's ``[-1, 1]`` is scaled into it by the collector.
+        action_space: a ``Box`` ``(A,)`` (the policy's ``[-1, 1]`` is scaled into it by the collector) or a
+            ``Discrete`` (``step`` takes an int).
         max_episode_steps: the time limit: the collector truncates an episode after this many steps.
     """
 
@@ -50,7 +51,7 @@ class JaxEnv:
     reset: Reset
     step: Step
     observation_space: gymnasium.spaces.Box
-    action_space: gymnasium.spaces.Box
+    action_space: gymnasium.spaces.Box | gymnasium.spaces.Discrete
     max_episode_steps: int
 
     @property
@@ -103,8 +104,42 @@ def pendulum(g: float = 10.0, max_episode_steps: int = 200) -> JaxEnv:
                   gymnasium.spaces.Box(-max_torque, max_torque, (1,), np.float32), max_episode_steps)
 
 
+# ---- CartPole-v1 ----------------------------------------------------------------------------------------
+
+
+def cartpole(max_episode_steps: int = 500) -> JaxEnv:
+    """gymnasium's ``CartPole-v1`` (500 steps as its time limit), in float32.
+
+    State ``(x, x_dot, theta, theta_dot)``, each ``~ U[-0.05, 0.05]`` at reset; the action an int, 1 pushes
+    right with force 10 and 0 left; explicit Euler with ``tau = 0.02``; reward 1 every step, the
+    terminating one included; terminated when ``|x| > 2.4`` or ``|theta| > 12 degrees``.
+    """
+    gravity, masscart, masspole, length, force_mag, tau = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+    total_mass, polemass_length = masspole + masscart, masspole * length
+    theta_limit, x_limit = 12 * 2 * np.pi / 360, 2.4
+
+    def reset(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        state = jax.random.uniform(key, (4,), jnp.float32, -0.05, 0.05)
+        return state, state
+
+    def step(state: jax.Array, action: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        x, x_dot, theta, theta_dot = state[0], state[1], state[2], state[3]
+        force = jnp.where(jnp.reshape(action, ()) == 1, force_mag, -force_mag)
+        cos, sin = jnp.cos(theta), jnp.sin(theta)
+        temp = (force + polemass_length * theta_dot**2 * sin) / total_mass
+        theta_acc = (gravity * sin - cos * temp) / (length * (4.0 / 3.0 - masspole * cos**2 / total_mass))
+        x_acc = temp - polemass_length * theta_acc * cos / total_mass
+        new = jnp.stack([x + tau * x_dot, x_dot + tau * x_acc, theta + tau * theta_dot, theta_dot + tau * theta_acc])
+        terminated = (jnp.abs(new[0]) > x_limit) | (jnp.abs(new[2]) > theta_limit)
+        return new, new, jnp.ones((), jnp.float32), terminated
+
+    high = np.array([x_limit * 2, np.finfo(np.float32).max, theta_limit * 2, np.finfo(np.float32).max], np.float32)
+    return JaxEnv("jax:CartPole-v1", reset, step, gymnasium.spaces.Box(-high, high, dtype=np.float32),
+                  gymnasium.spaces.Discrete(2), max_episode_steps)
+
+
 #: The ``jax:`` envs: name -> factory.
-JAX_ENVS: dict[str, Callable[[], JaxEnv]] = {"Pendulum-v1": pendulum}
+JAX_ENVS: dict[str, Callable[[], JaxEnv]] = {"CartPole-v1": cartpole, "Pendulum-v1": pendulum}
 
 
 # ---- gymnax ---------------------------------------------------------------------------------------------
