@@ -101,11 +101,44 @@ def test_settings_the_device_path_does_not_have_are_refused_naming_the_option(ch
     assert e.value.option == option and option in str(e.value)
 
 
-def test_dqn_on_a_jax_env_is_refused():
+def test_dqn_on_the_device_stores_indices_that_resimulate_and_sac_needs_box_actions():
     from emote_jax.recipes.dqn import DQN, DQNConfig
 
-    with pytest.raises(ConfigError, match="--algo dqn does not run on a JAX-native env yet"):
-        build_run(DQN, DQNConfig(env_id="jax:Pendulum-v1"), out=None)
+    cfg = DQNConfig(env_id="jax:CartPole-v1", num_envs=2, hidden_dims=(8,), batch_size=32, warmup_steps=64,
+                    memory_size=2000, steps_per_call=4, log_metrics=False, eval_episodes=0, checkpoint_interval=0,
+                    env_steps=10**6, seed=2)
+    run = build_run(DQN, cfg, out=None)
+    ctx = run.trainer.train(lambda: run.trainer.bp_step > 40, handle_signals=False)
+    buf = {k: np.asarray(v) for k, v in ctx.state["collector"]["replay"].items()}
+    rows = int(buf["size"])
+    assert rows == 32 + 40 * 2  # the default one update per two env steps: two vector steps per bp step
+    actions = buf["actions"][:rows].reshape(-1)
+    assert buf["actions"].dtype == np.int32 and set(actions) == {0, 1}
+    env = make_jax_env("jax:CartPole-v1")
+    _, sim_next, _, sim_term = jax.vmap(env.step)(jnp.asarray(buf["obs"][:rows].reshape(-1, 4)), jnp.asarray(actions),
+                                                  jax.random.split(jax.random.key(0), len(actions)))
+    np.testing.assert_allclose(np.asarray(sim_next), buf["next_obs"][:rows].reshape(-1, 4), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(sim_term), buf["terminated"][:rows].reshape(-1))
+    assert buf["terminated"][:rows].any() and not buf["truncated"].any()  # random actions drop the pole early
+    assert run.collector.episodes_completed == int(buf["terminated"][:rows].sum())
+    with pytest.raises(ConfigError) as e:  # Box actions are SAC's
+        build_run(DQN, dataclasses.replace(cfg, env_id="jax:Pendulum-v1"), out=None)
+    assert e.value.option == "--env"
+
+
+@pytest.mark.parametrize("epsilon,env_steps,expected", [(0.3, 0, 0.15), ("schedule", 50, 0.25), ("schedule", 500, 0.0)])
+def test_discrete_acting_explores_with_epsilon_of_the_env_steps(epsilon, env_steps, expected):
+    import optax
+
+    eps = optax.linear_schedule(1.0, 0.0, 100) if epsilon == "schedule" else epsilon
+    n = 40_000
+    device = DeviceCollector(make_jax_env("jax:CartPole-v1"), lambda p, obs, k: jnp.zeros(obs.shape[0], jnp.int32),
+                             num_envs=n, capacity=1, batch_count=1, num_discrete=2, epsilon=eps)
+    actions = np.asarray(device._discrete_actions(None, jnp.zeros((n, 4)), jax.random.key(0), False,
+                                                  jnp.asarray(env_steps)))
+    assert actions.shape == (n, 1)
+    # greedy is 0; an exploring env draws 1 half the time
+    assert actions.mean() == pytest.approx(expected, abs=0.01)
 
 
 @pytest.mark.parametrize("ratio,per_bp,per_vector", [(0.25, 4, 1), (3.0, 1, 3)])

@@ -138,6 +138,8 @@ class DiscreteActions:
         self.space = space
         self.n = int(space.n)
         self.start = int(space.start)
+        #: epsilon as given (a float or an optax schedule): what a device collector evaluates in the step
+        self.epsilon_spec = epsilon
         self._schedule = HostSchedule(epsilon) if callable(epsilon) else None
         self._epsilon = None if callable(epsilon) else float(epsilon)
 

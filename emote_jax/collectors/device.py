@@ -59,12 +59,17 @@ class DeviceCollector(Callback):
         seed: the collector's PRNG seed (acting, env noise, resets).
         name: the slot's name.
         data_group: the batch's key in ``ctx.batch``.
+        num_discrete: for a Discrete action space, its size n: ``act`` then returns greedy indices (N,),
+            stored as int32 ``(N, 1)``, and each env explores with probability ``epsilon``.
+        epsilon: with ``num_discrete``: a float, or an optax schedule of the env steps taken so far
+            (DQN's linear decay), evaluated inside the step.
     """
 
     def __init__(self, env: JaxEnv, act: Act, *, num_envs: int, capacity: int, batch_count: int,
                  rollout_length: int = 1, params_slot: str = "policy", warmup_steps: int = 0,
                  random_warmup: bool = True, vector_steps_per_bp_step: int = 1, bp_steps_per_vector_step: int = 1,
-                 seed: int = 0, name: str = "collector", data_group: str = "default"):
+                 seed: int = 0, name: str = "collector", data_group: str = "default",
+                 num_discrete: int | None = None, epsilon: float | Callable[[jax.Array], jax.Array] = 0.0):
         super().__init__(name=name, order=-100)  # before every loss and target: they read the batch
         for what, v in (("num_envs", num_envs), ("capacity", capacity), ("batch_count", batch_count),
                         ("rollout_length", rollout_length), ("vector_steps_per_bp_step", vector_steps_per_bp_step),
@@ -88,9 +93,14 @@ class DeviceCollector(Callback):
         self.warmup_vector_steps = max(-(-int(warmup_steps) // num_envs), -(-batch_count * rollout_length // num_envs),
                                        rollout_length)
         self.obs_dim = int(np.prod(env.observation_space.shape))
-        self.action_dim = int(np.prod(env.action_space.shape))
-        self._low = jnp.asarray(env.action_space.low, jnp.float32)
-        self._high = jnp.asarray(env.action_space.high, jnp.float32)
+        self.num_discrete = num_discrete
+        self.epsilon = epsilon if callable(epsilon) else (lambda _steps, e=float(epsilon): jnp.asarray(e, jnp.float32))
+        if num_discrete is None:
+            self.action_dim = int(np.prod(env.action_space.shape))
+            self._low = jnp.asarray(env.action_space.low, jnp.float32)
+            self._high = jnp.asarray(env.action_space.high, jnp.float32)
+        else:
+            self.action_dim = 1
         self._warmup = jax.jit(self._warmup_loop)
 
     # ---- the slot ----------------------------------------------------------------------------------------
@@ -105,24 +115,25 @@ class DeviceCollector(Callback):
             "vector_steps": jnp.zeros((), jnp.int32), "episodes": jnp.zeros((), jnp.int32),
             "ring_returns": jnp.zeros((EPISODE_RING,), jnp.float32),
             "ring_lengths": jnp.zeros((EPISODE_RING,), jnp.int32),
-            "replay": device_replay.init(self.capacity, n, self.obs_dim, self.action_dim),
+            "replay": device_replay.init(self.capacity, n, self.obs_dim, self.action_dim,
+                                         jnp.float32 if self.num_discrete is None else jnp.int32),
         }
 
     # ---- one vector step ---------------------------------------------------------------------------------
-    def vector_step(self, slot: PyTree, params: PyTree, random: bool | jax.Array = False) -> PyTree:
+    def vector_step(self, slot: PyTree, params: PyTree, random: bool = False) -> PyTree:
         """``slot`` after one step of the N envs: act, step, store, record finished episodes, autoreset."""
         n = self.num_envs
         key, k_act, k_step, k_reset = jax.random.split(jax.random.wrap_key_data(slot["key"]), 4)
         obs = slot["obs"]
-        uniform = jax.random.uniform(k_act, (n, self.action_dim), jnp.float32, -1.0, 1.0)
-        if random is True:
-            actions = uniform
+        if self.num_discrete is None:
+            actions = self._box_actions(params, obs, k_act, random)
+            env_actions = (self._low + (actions + 1.0) * 0.5 * (self._high - self._low)).reshape(
+                (n, *self.env.action_space.shape))
         else:
-            policy = jnp.clip(self.act(params, obs, k_act).reshape(n, self.action_dim), -1.0, 1.0)
-            actions = policy if random is False else jnp.where(random, uniform, policy)
-        env_actions = self._low + (actions + 1.0) * 0.5 * (self._high - self._low)
+            actions = self._discrete_actions(params, obs, k_act, random, slot["vector_steps"] * n)
+            env_actions = actions[:, 0]
         env_state, next_obs, reward, terminated = jax.vmap(self.env.step)(
-            slot["env_state"], env_actions.reshape((n, *self.env.action_space.shape)), jax.random.split(k_step, n))
+            slot["env_state"], env_actions, jax.random.split(k_step, n))
         ep_len = slot["ep_step"] + 1
         truncated = (ep_len >= self.env.max_episode_steps) & ~terminated
         done = terminated | truncated
@@ -145,6 +156,25 @@ class DeviceCollector(Callback):
             "episodes": slot["episodes"] + done.sum(dtype=jnp.int32), "ring_returns": ring_returns,
             "ring_lengths": ring_lengths, "replay": replay,
         }
+
+    def _box_actions(self, params: PyTree, obs: jax.Array, key: jax.Array, random: bool) -> jax.Array:
+        """(N, A) in [-1, 1]: the policy's sample, or uniform (``random``)."""
+        if random:
+            return jax.random.uniform(key, (self.num_envs, self.action_dim), jnp.float32, -1.0, 1.0)
+        return jnp.clip(self.act(params, obs, key).reshape(self.num_envs, self.action_dim), -1.0, 1.0)
+
+    def _discrete_actions(self, params: PyTree, obs: jax.Array, key: jax.Array, random: bool,
+                          env_steps: jax.Array) -> jax.Array:
+        """(N, 1) int32: the greedy index, or with probability epsilon(env_steps) (always, ``random``) a
+        uniform one, per env."""
+        n = self.num_envs
+        k_uniform, k_explore = jax.random.split(key)
+        uniform = jax.random.randint(k_uniform, (n,), 0, self.num_discrete, jnp.int32)
+        if random:
+            return uniform[:, None]
+        greedy = self.act(params, obs, key).reshape(n).astype(jnp.int32)
+        explore = jax.random.uniform(k_explore, (n,)) < self.epsilon(env_steps)
+        return jnp.where(explore, uniform, greedy)[:, None]
 
     # ---- warm-up (host hook, one compiled loop) ----------------------------------------------------------
     def _warmup_loop(self, slot: PyTree, params: PyTree) -> PyTree:

@@ -25,15 +25,16 @@ import jax.numpy as jnp
 Buffer = dict[str, jax.Array]
 
 
-def init(capacity: int, num_envs: int, obs_dim: int, action_dim: int) -> Buffer:
-    """An empty buffer of ``capacity`` rows of ``num_envs`` transitions."""
+def init(capacity: int, num_envs: int, obs_dim: int, action_dim: int, action_dtype: Any = jnp.float32) -> Buffer:
+    """An empty buffer of ``capacity`` rows of ``num_envs`` transitions (``action_dtype`` int32 for the
+    indices of a Discrete action space, stored as ``(..., 1)``)."""
     if capacity < 1 or num_envs < 1:
         raise ValueError(f"device replay: expected capacity >= 1 and num_envs >= 1, got {capacity} and {num_envs}")
     c, n = capacity, num_envs
     return {
         "obs": jnp.zeros((c, n, obs_dim), jnp.float32),
         "next_obs": jnp.zeros((c, n, obs_dim), jnp.float32),
-        "actions": jnp.zeros((c, n, action_dim), jnp.float32),
+        "actions": jnp.zeros((c, n, action_dim), action_dtype),
         "rewards": jnp.zeros((c, n), jnp.float32),
         "terminated": jnp.zeros((c, n), bool),
         "truncated": jnp.zeros((c, n), bool),

@@ -63,32 +63,25 @@ def device_settings(cfg: RunConfig, env: JaxEnv) -> tuple[int, int]:
                       "steps per backprop step)", "--bp-steps-per-env-step")
 
 
-def check_box_spaces(algo: Algorithm, env: JaxEnv) -> tuple[int, int]:
-    """The algorithm's ``(obs_dim, n_actions)`` for the env; only Box actions run on the device for now."""
-    if not isinstance(env.action_space, gymnasium.spaces.Box):
-        raise ConfigError(f"--env {env.id}: the device path runs continuous (Box) actions only; got "
-                          f"{env.action_space}", "--env")
-    return algo.check_spaces(env.observation_space, env.action_space, env.id)
-
-
 def device_pieces(algo: Algorithm, cfg: RunConfig) -> tuple[list[Callback], DeviceCollectorMonitor, Any]:
     """``(device callbacks, monitor, acting network)`` of a run of ``cfg`` on a JAX-native env: the
     :class:`DeviceCollector` first, then the algorithm's callbacks; the monitor is the run's host collector.
     Every check happens here, before anything is compiled."""
     cfg.validate()
-    if algo.name != "sac":
-        raise ConfigError(f"--algo {algo.name} does not run on a JAX-native env yet (--env {cfg.env_id}); use "
-                          "--algo sac, or a gymnasium env", "--algo")
     env = jax_env(cfg)
     per_bp, per_vector = device_settings(cfg, env)
-    obs_dim, n_actions = check_box_spaces(algo, env)
+    obs_dim, n_actions = algo.check_spaces(env.observation_space, env.action_space, env.id)  # refuses what it cannot
+    discrete = {}
+    if isinstance(env.action_space, gymnasium.spaces.Discrete):  # DQN: greedy indices, epsilon-greedy in the step
+        discrete = {"num_discrete": int(env.action_space.n),
+                    "epsilon": algo.actions(cfg, env.action_space).epsilon_spec}
     callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
     capacity = max(cfg.memory_size // cfg.num_envs, cfg.rollout_length)
     device = DeviceCollector(env, algo.collector_policy(net, False), num_envs=cfg.num_envs, capacity=capacity,
                              batch_count=cfg.batch_size // cfg.rollout_length, rollout_length=cfg.rollout_length,
                              params_slot=algo.params_slot, warmup_steps=cfg.warmup_steps,
                              random_warmup=cfg.random_warmup, vector_steps_per_bp_step=per_bp,
-                             bp_steps_per_vector_step=per_vector, seed=cfg.seed)
+                             bp_steps_per_vector_step=per_vector, seed=cfg.seed, **discrete)
     return [device, *callbacks], DeviceCollectorMonitor(device), net
 
 
