@@ -20,6 +20,7 @@ treats truncation as termination; that is a bug we do not reproduce).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -301,7 +302,9 @@ class SACHParams:
     initial_alpha: float = 1.0
     max_alpha: float = 0.2
     target_entropy: float | Schedule | None = None
-    max_grad_norm: float = 10.0
+    # no clipping (inf) by default: on HalfCheetah-v5 the critics' gradient norm sits at 60-530 and the
+    # reference's clip at 10 (--preset emote; LossCallback's default) held learning back (docs/decisions/0013)
+    max_grad_norm: float = math.inf
     # the Q of the policy loss: "min" = min(Q1, Q2) (SAC's paper, sbx, SB3), "q1" = Q1 only (the reference's default)
     policy_q: str = "min"
     # the policy head's kernels: "orthogonal" (gain 0.01) or "xavier" (xavier-uniform gain 0.01, the reference's)

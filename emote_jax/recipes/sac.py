@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,9 +49,7 @@ class SACConfig(RunConfig):
     reward_scale: float = _HP.reward_scale
     initial_alpha: float = _HP.initial_alpha
     max_alpha: float = _HP.max_alpha
-    # no clipping by default: on HalfCheetah-v5 the critics' gradient norm sits at 60-530 and a clip at 10
-    # (the reference's, --preset emote) held learning back (docs/decisions/0013); SACHParams keeps 10
-    max_grad_norm: float = math.inf
+    max_grad_norm: float = _HP.max_grad_norm
     policy_q: str = _HP.policy_q
     policy_head_init: str = _HP.policy_head_init
     critic: str = _HP.critic
