@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -143,6 +144,22 @@ def ensure_peers_venv() -> Path:
 
 
 # ---- workers -----------------------------------------------------------------------------------------
+#: Worker processes alive now: a SIGTERM to this process ends them too (:func:`_end_workers_on_sigterm`).
+_LIVE_WORKERS: set[subprocess.Popen] = set()
+
+
+def _end_workers_on_sigterm() -> None:
+    """On SIGTERM, terminate the workers (which would otherwise outlive this process, busy in a long command)
+    and exit with 143; Ctrl+C already reaches them through the process group."""
+
+    def handler(signum: int, frame: Any) -> None:
+        for proc in list(_LIVE_WORKERS):
+            proc.terminate()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class Side:
     """A worker subprocess answering JSON commands (see ``_worker.py``)."""
 
@@ -154,6 +171,7 @@ class Side:
             [str(python), str(HERE / script)], cwd=WORKDIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.log, text=True, env={**os.environ, **(env or {})}, bufsize=1,
         )
+        _LIVE_WORKERS.add(self.proc)
 
     def __call__(self, cmd: str, **kw: Any) -> Any:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
@@ -173,6 +191,7 @@ class Side:
             self.proc.wait(timeout=30)
         except Exception:  # noqa: BLE001
             self.proc.kill()
+        _LIVE_WORKERS.discard(self.proc)
         self.log.close()
 
     def __enter__(self) -> Side:
@@ -1188,6 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="results file stem (default: results/<host>-<date>[-quick])")
     ap.add_argument("--report-only", action="store_true", help="rewrite the Markdown and plots from the JSON; run nothing")
     args = ap.parse_args(argv)
+    _end_workers_on_sigterm()
 
     ours_py = ensure_project_venv()
     if Path(sys.prefix).resolve() != PROJECT_VENV.resolve() and os.environ.get("EMOTE_BENCH_REEXEC") != "1":
