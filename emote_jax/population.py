@@ -201,6 +201,9 @@ def member_configs(cfg: Any, size: int, sweep: str | None = None) -> list[Any]:
 
     if size < 1:
         raise ConfigError(f"--population {size} is not valid: expected >= 1", "--population")
+    if sweep and getattr(cfg, "algo", "sac") != "sac":  # SWEEPABLE lists where SAC keeps each setting
+        raise ConfigError(f"--sweep with --algo {cfg.algo}: only SAC's settings are known to live in the state; "
+                          "drop --sweep (members still differ by seed)", "--sweep")
     name, values = parse_sweep(sweep) if sweep else (None, ())
     out = []
     for i in range(size):

@@ -166,3 +166,9 @@ def test_device_evaluation_runs_the_episodes_a_host_loop_runs():
             state, obs, r, _ = env.step(state, 2.0 * act(params, obs[None], None)[0], None)
             total += float(r)
         assert ret == pytest.approx(total, rel=1e-4)
+    # new parameters of the same policy: the same compiled rollout, other returns
+    from emote_jax.recipes import device
+
+    compiled = device._episodes_fn(env, act)
+    other = run_jax_episodes(env, act, -params, 3, seed=7)
+    assert device._episodes_fn(env, act) is compiled and compiled._cache_size() == 1 and other != got

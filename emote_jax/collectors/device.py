@@ -213,8 +213,6 @@ class DeviceCollector(Callback):
 class NoBatches:
     """The loader of a run whose batches come from a :class:`DeviceCollector`: empty batches forever."""
 
-    batch_size = 0
-
     def __iter__(self) -> Iterator[dict]:
         while True:
             yield {}

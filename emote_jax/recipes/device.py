@@ -85,28 +85,40 @@ def device_pieces(algo: Algorithm, cfg: RunConfig) -> tuple[list[Callback], Devi
     return [device, *callbacks], DeviceCollectorMonitor(device), net
 
 
+#: ``(env id, act) -> jitted (params, keys) -> returns``: one compilation per env and policy, whatever the
+#: parameters (a periodic evaluation calls again with new ones).
+_EPISODES: dict[tuple[str, Any], Any] = {}
+
+
+def _episodes_fn(env: JaxEnv, act: Any) -> Any:
+    """The jitted ``(params, keys (E,)) -> returns (E,)`` of ``act`` on ``env``, made once per (env id, act)."""
+    cache_key = (env.id, act)
+    if cache_key not in _EPISODES:
+        low, high = jax.numpy.asarray(env.action_space.low), jax.numpy.asarray(env.action_space.high)
+
+        def one(params: Any, key: jax.Array) -> jax.Array:
+            state, obs = env.reset(key)
+
+            def body(carry: Any, k: jax.Array) -> tuple[Any, None]:
+                state, obs, total, done = carry
+                a = act(params, obs[None], k)[0]
+                state2, obs2, r, term = env.step(state, low + (a + 1.0) * 0.5 * (high - low), k)
+                return (state2, obs2, total + jax.numpy.where(done, 0.0, r), done | term), None
+
+            keys = jax.random.split(jax.random.fold_in(key, 1), env.max_episode_steps)
+            init = (state, obs, jax.numpy.zeros(()), jax.numpy.zeros((), bool))
+            return jax.lax.scan(body, init, keys)[0][2]
+
+        _EPISODES[cache_key] = jax.jit(jax.vmap(one, in_axes=(None, 0)))
+    return _EPISODES[cache_key]
+
+
 def run_jax_episodes(env: JaxEnv, act: Any, params: Any, episodes: int, seed: int) -> list[float]:
     """Returns of ``episodes`` episodes of the deterministic ``act`` on ``env``, all at once on the device
     (``jax.vmap`` over episodes, ``lax.scan`` over the time limit); episode ``i`` resets with
-    ``jax.random.key(seed + i)``."""
+    ``jax.random.key(seed + i)``. The parameters are an argument of the compiled rollout, so evaluating
+    new parameters of the same policy does not compile again."""
     if episodes < 1:
         return []
-    low = jax.numpy.asarray(env.action_space.low)
-    high = jax.numpy.asarray(env.action_space.high)
-
-    def one(key: jax.Array) -> jax.Array:
-        state, obs = env.reset(key)
-
-        def body(carry: Any, k: jax.Array) -> tuple[Any, None]:
-            state, obs, total, done = carry
-            a = act(params, obs[None], k)[0]
-            state2, obs2, r, term = env.step(state, low + (a + 1.0) * 0.5 * (high - low), k)
-            total = total + jax.numpy.where(done, 0.0, r)
-            return (state2, obs2, total, done | term), None
-
-        keys = jax.random.split(jax.random.fold_in(key, 1), env.max_episode_steps)
-        (_, _, total, _), _ = jax.lax.scan(body, (state, obs, jax.numpy.zeros(()), jax.numpy.zeros((), bool)), keys)
-        return total
-
-    keys = jax.numpy.stack([jax.random.key(seed + i) for i in range(episodes)])
-    return np.asarray(jax.jit(jax.vmap(one))(keys)).astype(float).tolist()
+    keys = jax.vmap(jax.random.key)(seed + jax.numpy.arange(episodes))
+    return np.asarray(_episodes_fn(env, act)(params, keys)).astype(float).tolist()
