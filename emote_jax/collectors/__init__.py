@@ -1,8 +1,9 @@
 """Collectors: host callbacks that step environments with the current policy and fill a replay memory.
 
 ``gym.py`` holds :class:`GymCollector` (stepping, episodes, acting), ``threaded.py`` its background-thread
-variant, ``spaces.py`` the spaces a collector takes and the table spec they give, ``actions.py`` how it
-handles an algorithm's actions (Box or Discrete), ``state.py`` its state for exact resume.
+variant, ``ray.py`` :class:`RayCollector` (Ray actor processes step the envs for the learner's memory),
+``spaces.py`` the spaces a collector takes and the table spec they give, ``actions.py`` how it handles an
+algorithm's actions (Box or Discrete), ``state.py`` its state for exact resume.
 """
 
 from emote_jax.collectors.actions import Actions, BoxActions, DiscreteActions
@@ -14,6 +15,7 @@ from emote_jax.collectors.spaces import (
     PolicyOutputError,
     memory_spec,
 )
+from emote_jax.collectors.ray import RayCollector
 from emote_jax.collectors.threaded import ThreadedGymCollector
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "NonFiniteObservationError",
     "ObservationShapeError",
     "PolicyOutputError",
+    "RayCollector",
     "ThreadedGymCollector",
     "memory_spec",
 ]

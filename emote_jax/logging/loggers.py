@@ -513,7 +513,8 @@ def default_logger(
     ``names="emote"`` writes the reference's tags.
 
     Sources: :class:`~emote_jax.logging.sources.EpisodeMetrics` (streaming ``run_dir/episodes.csv``) and
-    :class:`~emote_jax.logging.sources.ThroughputMetrics` of ``collector`` (when given) and
+    :class:`~emote_jax.logging.sources.ThroughputMetrics` of ``collector`` (when given; and the collector's
+    own ``metric_sources()`` where it has them, e.g. a Ray collector's per-actor rates) and
     :class:`~emote_jax.logging.sources.SystemMetrics` every ``system_interval`` backprop steps.
     """
     from emote_jax.logging.sources import EpisodeMetrics, SystemMetrics, ThroughputMetrics
@@ -525,6 +526,7 @@ def default_logger(
     sources: list[MetricSource] = []
     if collector is not None:
         sources += [EpisodeMetrics(collector, csv_path=run_dir / "episodes.csv"), ThroughputMetrics(collector)]
+        sources += collector.metric_sources() if callable(getattr(collector, "metric_sources", None)) else []
     else:
         sources.append(ThroughputMetrics())
     sources.append(SystemMetrics(system_interval))

@@ -244,6 +244,35 @@ class ThroughputMetrics(MetricSource):
         return out
 
 
+class RayActorMetrics(MetricSource):
+    """Per Ray actor of a :class:`~emote_jax.collectors.ray.RayCollector` (``actor_stats()``), over the
+    interval since the previous log step: ``ray/actor<i>/env_steps_per_s``, ``ray/actor<i>/episode_return``
+    (the mean of its last 100 episodes), and ``ray/restarts``, ``ray/actors_alive`` of the whole pool."""
+
+    def __init__(self, collector: Any):
+        self.collector = collector
+        self._t: float | None = None
+        self._env: list[float] = []
+
+    def begin_training(self, ctx: Context) -> None:
+        self._t = None
+
+    def poll(self, ctx: Context) -> None:
+        if self._t is None:
+            self._t, self._env = time.perf_counter(), [a["env_steps"] for a in self.collector.actor_stats()]
+
+    def read(self, ctx: Context, step: int) -> dict[str, float]:
+        stats = self.collector.actor_stats()
+        out = {"ray/restarts": float(self.collector.restarts), "ray/actors_alive": float(sum(a["alive"] for a in stats))}
+        now = time.perf_counter()
+        for i, a in enumerate(stats):
+            out[f"ray/actor{i}/episode_return"] = a["episode_return"]
+            if self._t is not None and now > self._t and i < len(self._env):
+                out[f"ray/actor{i}/env_steps_per_s"] = (a["env_steps"] - self._env[i]) / (now - self._t)
+        self._t, self._env = now, [a["env_steps"] for a in stats]
+        return out
+
+
 def _rss_bytes() -> int:
     try:
         import psutil

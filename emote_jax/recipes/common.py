@@ -11,6 +11,7 @@ drawn there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ from emote_jax.callback import Callback, HostCallback, TrainingShutdownException
 from emote_jax.checkpoint import CheckpointLoader, Checkpointer
 from emote_jax.collectors import Actions, BoxActions, GymCollector, ThreadedGymCollector, memory_spec
 from emote_jax.collectors.device import DeviceCollectorMonitor, NoBatches
+from emote_jax.collectors.ray import RayCollector
 from emote_jax.context import Context, PyTree
 from emote_jax.envs.jax_env import GYMNAX_PREFIX, is_jax_env_id
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
@@ -107,7 +109,7 @@ class Run:
 
     config: RunConfig
     trainer: Trainer
-    collector: GymCollector | DeviceCollectorMonitor
+    collector: GymCollector | RayCollector | DeviceCollectorMonitor
     env: gymnasium.vector.VectorEnv | None  # None: a JAX-native env, stepped inside the compiled step
     table: ReplayTable | None  # None: the replay buffer is in the state (the DeviceCollector's slot)
     loader: MemoryLoader | NoBatches
@@ -151,7 +153,7 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
                               n_step=cfg.rollout_targets == "n-step")
         callbacks, net = algo.make_callbacks(cfg, obs_dim, n_actions, jax.random.key(cfg.seed))
         collector = _collector(algo, cfg, env, algo.collector_policy(net, cfg.act_on_host), MemoryProxy(table),
-                               actions)
+                               actions, out)
         warmup = MemoryWarmup(loader, collector=collector, out=out)  # fills up to one batch, whatever warmup_steps says
         feedback: list[HostCallback] = []
         if cfg.replay == "prioritized":  # TD errors back with the metrics, priorities updated after each call
@@ -173,7 +175,7 @@ def _assemble(algo: Algorithm, cfg: RunConfig, callbacks: list[Callback], collec
     loggers, checkpoints (``collector`` and ``table`` in them when they are host objects), periodic
     evaluation, resume; the trainer over all of it. Returns the trainer and the :class:`Run` fields."""
     host = [collector, *host, EnvStepBudget(collector, cfg.env_steps), *feedback]
-    saved = [*callbacks, collector] if isinstance(collector, GymCollector) else list(callbacks)
+    saved = [*callbacks, collector] if isinstance(collector, (GymCollector, RayCollector)) else list(callbacks)
     progress = ProgressLines(collector, cfg.env_steps, cfg.log_interval, out) if out is not None else None
     logger = checkpointer = None
     if cfg.run_dir is not None and cfg.log_metrics:
@@ -207,9 +209,13 @@ def replay_sampler(cfg: RunConfig) -> Sampler:
 
 
 def _collector(algo: Algorithm, cfg: RunConfig, env: gymnasium.vector.VectorEnv, policy: Any,
-               memory: MemoryProxy, actions: Actions) -> GymCollector:
+               memory: MemoryProxy, actions: Actions, out: TextIO | None = None) -> GymCollector | RayCollector:
     common = dict(params_slot=algo.params_slot, warmup_steps=-(-cfg.warmup_steps // cfg.num_envs),
                   random_warmup=cfg.random_warmup, seed=cfg.seed, actions=actions)
+    if cfg.ray_actors:  # actor processes step their own envs; the same memory, cap and warm-up
+        return RayCollector(functools.partial(make_vector_env, cfg), policy, memory, num_actors=cfg.ray_actors,
+                            max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step, batch_steps=cfg.ray_batch_steps,
+                            address=cfg.ray_address, out=out, **common)
     if cfg.threaded:  # collects continuously, capped at the configured ratio of env to backprop steps
         return ThreadedGymCollector(env, policy, memory, max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step,
                                     **common)

@@ -41,6 +41,9 @@ class RunConfig:
     async_envs: bool = False
     threaded: bool = False
     act_on_host: bool = True  # the collector evaluates the policy with NumPy on a host copy of its params
+    ray_actors: int = 0  # > 0: collect with this many Ray actor processes (pip install 'emote-jax[ray]')
+    ray_address: str | None = None  # join this Ray cluster ("auto", "ray://head:10001"); None: a local Ray
+    ray_batch_steps: int = 8  # vector steps per batch a Ray actor reports
     batch_size: int = 256
     rollout_length: int = 1
     # the targets of a window of rollout_length steps: "n-step" (one per window) or "one-step" (T
@@ -115,6 +118,12 @@ class RunConfig:
             ("per_beta", _finite(self.per_beta) and 0 <= self.per_beta <= 1, "in [0, 1]"),
             ("per_eps", _finite(self.per_eps) and self.per_eps > 0, "> 0"),
             ("coverage_alpha", _finite(self.coverage_alpha) and self.coverage_alpha >= 0, ">= 0"),
+            ("ray_actors", self.ray_actors >= 0, ">= 0 (0: collect in this process)"),
+            ("ray_batch_steps", self.ray_batch_steps >= 1, ">= 1"),
+            ("threaded", not (self.threaded and self.ray_actors), "off with --ray-actors (the actors collect "
+             "in their own processes)"),
+            ("act_on_host", self.act_on_host or not self.ray_actors,
+             "on with --ray-actors: Ray actors act with the NumPy policy; drop --act-on-device"),
             ("obs_keys", all(isinstance(k, str) and k for k in self.obs_keys) and len(set(self.obs_keys)) ==
              len(self.obs_keys), "distinct non-empty key names, e.g. --obs-keys angle,velocity"),
         ]
@@ -207,6 +216,13 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--num-envs", type=int, default=d.num_envs)
     p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
     p.add_argument("--threaded", action="store_true", help="collect on a background thread")
+    p.add_argument("--ray-actors", type=int, default=d.ray_actors, metavar="N",
+                   help="collect with N Ray actor processes, each with --num-envs envs (needs emote-jax[ray]; "
+                        "0: in this process)")
+    p.add_argument("--ray-address", default=d.ray_address, metavar="ADDR",
+                   help="join a running Ray cluster (auto, or ray://HEAD:10001) instead of starting a local one")
+    p.add_argument("--ray-batch-steps", type=int, default=d.ray_batch_steps,
+                   help="vector steps per batch a Ray actor collects before reporting (default: %(default)s)")
     p.add_argument("--act-on-device", dest="act_on_host", action="store_false",
                    help="act with the jitted policy instead of its NumPy mirror on the host")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -43,6 +43,7 @@ def device_settings(cfg: RunConfig, env: JaxEnv) -> tuple[int, int]:
     refused = [("--threaded", cfg.threaded, "the envs are stepped inside the compiled step"),
                ("--prefetch", cfg.prefetch, "batches are sampled inside the compiled step"),
                ("--async-envs", cfg.async_envs, "the envs are stepped inside the compiled step"),
+               ("--ray-actors", cfg.ray_actors > 0, "the envs are stepped inside the compiled step, not in actors"),
                ("--replay", cfg.replay != "uniform", "the device buffer samples uniformly"),
                ("--rollout-targets", cfg.rollout_targets != "n-step", "the device buffer gives n-step windows"),
                ("--obs-keys", bool(cfg.obs_keys), f"{cfg.env_id} has a flat Box observation")]
