@@ -831,7 +831,8 @@ models into `peer_settings` in the JSON):
 
 - Entropy coefficient: ours (emote's recipe) starts alpha at min(1.0, 0.2) = 0.2 and clamps it to <= 0.2 after
   every step (`max_alpha`); sbx and SB3 start at 1.0 and leave it unbounded. Target entropy is -n_actions on every side.
-- Gradient clipping: ours clips every loss's gradient to global norm 10; sbx (`optax.adam`) and SB3 do not clip.
+- Gradient clipping: no side clips (ours since 2026-12-02, docs/decisions/0013; `--preset emote` clips at 10 as
+  the reference does); sbx uses plain `optax.adam`.
 - Initialisation: ours orthogonal (gain sqrt 2 in the trunk, 0.01 policy head, 1 Q head), zero biases; sbx flax's
   defaults (lecun-normal); SB3 torch's defaults (kaiming-uniform).
 - Policy head: ours clamps the mean to +-5; log std is clipped to [-20, 2] on every side.

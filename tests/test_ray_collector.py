@@ -283,4 +283,14 @@ def test_sigint_ends_a_ray_run_with_a_checkpoint_and_no_ray_processes_left(tmp_p
     time.sleep(2)
     left = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, [psutil.Process(p).cmdline()[:2] for p in left]
-    assert json.loads((run_dir / "result.json").read_text())["interrupted_by"] == "SIGINT"
+    first = json.loads((run_dir / "result.json").read_text())
+    assert first["interrupted_by"] == "SIGINT"
+    # --resume starts fresh actors from the final checkpoint and runs to the new budget
+    more = first["env_steps"] + 300
+    res = subprocess.run([*cmd[:cmd.index("--steps")], "--steps", str(more), "--resume", "--run-dir", str(run_dir),
+                          "--eval-episodes", "1"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    second = json.loads((run_dir / "result.json").read_text())
+    assert second["interrupted_by"] is None and second["env_steps"] >= more, second
+    assert second["bp_steps"] > first["bp_steps"]  # it continued, not restarted
