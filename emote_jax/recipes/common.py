@@ -11,7 +11,6 @@ drawn there.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -98,8 +97,7 @@ class EnvStepBudget(HostCallback):
             raise TrainingShutdownException()
 
 
-#: The progress output of ``emote-jax train``: a bar on a terminal, plain lines (the former
-#: ``ProgressLines``) on a pipe or in a file. See :class:`emote_jax.logging.Progress`.
+#: The progress output of ``emote-jax train``: a bar on a terminal, lines on a pipe (logging.Progress).
 ProgressLines = Progress
 
 
@@ -212,13 +210,13 @@ def _collector(algo: Algorithm, cfg: RunConfig, env: gymnasium.vector.VectorEnv,
                memory: MemoryProxy, actions: Actions, out: TextIO | None = None) -> GymCollector | RayCollector:
     common = dict(params_slot=algo.params_slot, warmup_steps=-(-cfg.warmup_steps // cfg.num_envs),
                   random_warmup=cfg.random_warmup, seed=cfg.seed, actions=actions)
-    if cfg.ray_actors:  # actor processes step their own envs; the same memory, cap and warm-up
-        return RayCollector(functools.partial(make_vector_env, cfg), policy, memory, num_actors=cfg.ray_actors,
-                            max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step, batch_steps=cfg.ray_batch_steps,
-                            address=cfg.ray_address, out=out, **common)
+    cap = 1.0 / cfg.bp_steps_per_env_step  # vector steps per backprop step, for the collectors that run ahead
+    if cfg.ray_actors:  # actor processes step their own envs (Ray pickles the lambda); the same memory and cap
+        return RayCollector(lambda: make_vector_env(cfg), policy, memory, num_actors=cfg.ray_actors, out=out,
+                            address=cfg.ray_address, max_env_steps_per_bp_step=cap, batch_steps=cfg.ray_batch_steps,
+                            **common)
     if cfg.threaded:  # collects continuously, capped at the configured ratio of env to backprop steps
-        return ThreadedGymCollector(env, policy, memory, max_env_steps_per_bp_step=1.0 / cfg.bp_steps_per_env_step,
-                                    **common)
+        return ThreadedGymCollector(env, policy, memory, max_env_steps_per_bp_step=cap, **common)
     return GymCollector(env, policy, memory, bp_steps_per_env_step=cfg.bp_steps_per_env_step, **common)
 
 
