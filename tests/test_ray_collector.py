@@ -141,15 +141,20 @@ def test_host_state_round_trips_and_refuses_a_local_collectors_state():
 # ---- collection -------------------------------------------------------------------------------------------
 
 
-def test_every_stored_transition_resimulates_and_is_one_the_actors_reported(local_ray):
-    env = htm_envs(2)
-    spec, shape = memory_spec(env)
-    env.close()
+def recorded_collector(**kw):
+    """``(collector, table, recorder, params)``: 2 actors of 2 HitTheMiddle envs each, the learner's memory
+    calls recorded, random warm-up actions, 2 vector steps per backprop step."""
+    spec, shape = memory_spec(htm_envs(2))
     table = ReplayTable(100_000, spec, shape, seed=0)
     rec = ProxyRecorder(MemoryProxy(table))
     net, params = policy_and_params()
-    col = RayCollector(htm_maker(2), GaussianHostPolicy(net), rec, num_actors=2, warmup_steps=40,
-                       random_warmup=True, max_env_steps_per_bp_step=2.0, batch_steps=5, seed=3)
+    col = RayCollector(htm_maker(2), GaussianHostPolicy(net), rec, num_actors=2, random_warmup=True,
+                       max_env_steps_per_bp_step=2.0, **kw)
+    return col, table, rec, params
+
+
+def test_every_stored_transition_resimulates_and_is_one_the_actors_reported(local_ray):
+    col, table, rec, params = recorded_collector(warmup_steps=40, batch_steps=5, seed=3)
     ctx = make_ctx(params)
     try:
         drive(col, ctx, lambda: col.episodes_completed >= 8)
@@ -167,15 +172,8 @@ def test_every_stored_transition_resimulates_and_is_one_the_actors_reported(loca
 
 
 def test_a_killed_actor_is_restarted_and_nothing_is_lost_or_stored_twice(local_ray):
-    env = htm_envs(2)
-    spec, shape = memory_spec(env)
-    env.close()
-    table = ReplayTable(100_000, spec, shape, seed=0)
-    rec = ProxyRecorder(MemoryProxy(table))
-    net, params = policy_and_params()
     out = io.StringIO()
-    col = RayCollector(htm_maker(2), GaussianHostPolicy(net), rec, num_actors=2, warmup_steps=20,
-                       random_warmup=True, max_env_steps_per_bp_step=2.0, batch_steps=4, seed=5, out=out)
+    col, table, rec, params = recorded_collector(warmup_steps=20, batch_steps=4, seed=5, out=out)
     killed = {"at": None}
 
     def until() -> bool:
