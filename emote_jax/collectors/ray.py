@@ -125,7 +125,10 @@ class EnvActor:
     def collect(self, epoch: int, seq: int, steps: int, params: PyTree | None, env_steps: int) -> dict[str, Any]:
         """``steps`` vector steps with ``params`` (None: uniform random actions); the recorded memory calls.
 
-        ``env_steps`` is the learner's count, where the exploration schedule (e.g. epsilon) stands."""
+        ``env_steps`` is the learner's count, where the exploration schedule (e.g. epsilon) stands. A process
+        that Ray restarted between two batches has not started any epoch: it answers ``{"fresh": True}``."""
+        if self.epoch is None:
+            return {"fresh": True, "pid": os.getpid()}
         if epoch != self.epoch or seq != self.seq:
             raise RuntimeError(f"ray actor {self.index}: asked for batch {seq} of epoch {epoch}, "
                                f"expected batch {self.seq} of epoch {self.epoch}")
@@ -148,6 +151,10 @@ class EnvActor:
             return {"epoch": epoch, "calls": []}
         self.collector._flush()
         return {"epoch": epoch, "calls": self.collector.memory.take()}
+
+    def pid(self) -> int:
+        """The actor's process id (to watch it, or to kill it in a test)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.env.close()
@@ -475,6 +482,9 @@ class RayCollector(HostCallback):
                     raise RuntimeError(f"{self.name}: ray actor {s.index} failed: {result}") from result
                 self._lost(s, result)
                 continue
+            if result.get("fresh"):  # it died between two batches and Ray restarted it: the same as a death
+                self._lost(s, RuntimeError(f"actor {s.index}'s process was restarted (pid {result.get('pid')})"))
+                continue
             got += self._ingest(s, result)
         for s in self._slots:
             if not s.alive or s.inflight is not None or s.lost_at:
@@ -555,7 +565,7 @@ class RayCollector(HostCallback):
         while any(s.alive and s.inflight is not None for s in self._slots) and time.monotonic() < deadline:
             for s, result in self._finished(0.1):
                 s.inflight, s.inflight_steps = None, 0
-                if isinstance(result, BaseException):
+                if isinstance(result, BaseException) or result.get("fresh"):  # gone: close its episodes here
                     self.memory.interrupt(list(s.running.values()))
                     s.running.clear()
                     s.alive = False
