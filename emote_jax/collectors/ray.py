@@ -135,15 +135,13 @@ class EnvActor:
         c = self.collector
         c.env_steps = int(env_steps)
         done_before = c.episodes_completed
-        t0 = time.perf_counter()
         for _ in range(steps):
             c._step(params)
-        seconds = time.perf_counter() - t0
         n_done = c.episodes_completed - done_before
         episodes = list(zip(list(c.episode_returns)[len(c.episode_returns) - n_done:],
                             list(c.episode_lengths)[len(c.episode_lengths) - n_done:])) if n_done else []
         self.seq += 1
-        return {"epoch": epoch, "seq": seq, "calls": c.memory.take(), "vector_steps": steps, "episodes": episodes, "seconds": seconds}
+        return {"epoch": epoch, "seq": seq, "calls": c.memory.take(), "vector_steps": steps, "episodes": episodes}
 
     def flush(self, epoch: int) -> dict[str, Any]:
         """Close every running episode as interrupted (with its last observation); the memory calls."""
@@ -268,7 +266,8 @@ class RayCollector(HostCallback):
             if not ok:
                 raise ValueError(f"{where}: expected {arg} {expected}, got {locals()[arg]!r}")
         if not callable(make_env):
-            raise TypeError(f"{where}: expected make_env to be a callable returning a vector env, got {type(make_env).__name__}")
+            raise TypeError(f"{where}: expected make_env to be a callable returning a vector env, "
+                            f"got {type(make_env).__name__}")
         probe = make_env()
         try:
             from emote_jax.collectors.actions import BoxActions
@@ -424,7 +423,8 @@ class RayCollector(HostCallback):
         s.alive, s.starting = False, None
         self._say(f"actor {s.index} {why}; dropped")
         if not any(x.alive for x in self._slots):
-            raise RuntimeError(f"{self.name}: all {self.num_actors} Ray actors are gone; the last: actor {s.index} {why}") from e
+            raise RuntimeError(f"{self.name}: all {self.num_actors} Ray actors are gone; the last: "
+                               f"actor {s.index} {why}") from e
 
     def _recover(self) -> None:
         """Ask each actor Ray is restarting to start its new epoch, until one call succeeds; a restart that
@@ -591,6 +591,9 @@ class RayCollector(HostCallback):
         ray = self._ray
         if ray is None:
             return
+        closing = [s.handle.close.remote() for s in self._slots if s.handle is not None and s.alive and not s.lost_at]
+        if closing:  # each actor closes its env first (an async vector env's workers are its children)
+            ray.wait(closing, num_returns=len(closing), timeout=5.0)
         for s in self._slots:
             if s.handle is not None:
                 try:
@@ -640,7 +643,8 @@ class RayCollector(HostCallback):
             raise ValueError(f"{where}: expected a Ray collector's state (version 1), got kind {state.get('kind')!r} "
                              f"version {state.get('version')!r}; was the checkpoint written with a local collector?")
         if state.get("num_actors") != self.num_actors:
-            raise ValueError(f"{where}: expected the state of {self.num_actors} actors, got {state.get('num_actors')!r} "
+            raise ValueError(f"{where}: expected the state of {self.num_actors} actors, "
+                             f"got {state.get('num_actors')!r} "
                              "(resume with the --ray-actors of the checkpointed run)")
         try:
             c = {k: int(v) for k, v in state["counters"].items()}
