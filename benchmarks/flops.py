@@ -21,7 +21,9 @@ Q1 loss, Q2 loss (each)     Q forward + weight grads + input grads of layers 2..
 policy loss                 policy forward + 2 Q forwards at (obs, a~pi) + 2 Q input-gradient passes
                             (all layers: the gradient reaches the action) + policy weight grads +
                             policy input grads of layers 2..L+1
-alpha loss                  policy forward (no gradients)
+alpha loss                  with ``alpha_logp="updated"`` (the reference's, ``--preset emote``) a policy
+                            forward (no gradients); with ``"policy"`` (the default) none: it reads the
+                            policy loss's logp
 ==========================  ===========================================================================
 
 Not counted: the Q nets' weight gradients in the policy loss (the policy's loss does not need them;
@@ -52,7 +54,8 @@ def _input_grads(b: int, layers: list[tuple[int, int]], first: bool) -> list[Gem
     return [(b, o, i) for i, o in (layers if first else layers[1:])]
 
 
-def sac_update_gemms(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256)) -> list[Gemm]:
+def sac_update_gemms(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256),
+                     alpha_logp: str = "policy") -> list[Gemm]:
     """Every matrix product of one SAC update, in execution order (see the module docstring)."""
     b, hidden = batch, tuple(hidden)
     q = _layers(obs_dim + n_actions, hidden, 1)
@@ -63,7 +66,8 @@ def sac_update_gemms(obs_dim: int, n_actions: int, batch: int = 256, hidden: tup
         out += _forward(b, q) + _weight_grads(b, q) + _input_grads(b, q, first=False)
     out += _forward(b, pi) + _forward(b, q) * 2  # policy loss forward
     out += _input_grads(b, q, first=True) * 2 + _weight_grads(b, pi) + _input_grads(b, pi, first=False)
-    out += _forward(b, pi)  # alpha loss
+    if alpha_logp == "updated":
+        out += _forward(b, pi)  # alpha loss
     return out
 
 
@@ -71,12 +75,15 @@ def gemm_flops(gemms: list[Gemm]) -> int:
     return sum(2 * m * k * n for m, k, n in gemms)
 
 
-def sac_update_flops(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256)) -> int:
+def sac_update_flops(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256),
+                     alpha_logp: str = "policy") -> int:
     """Analytic FLOPs of one SAC update (matrix products only)."""
-    return gemm_flops(sac_update_gemms(obs_dim, n_actions, batch, hidden))
+    return gemm_flops(sac_update_gemms(obs_dim, n_actions, batch, hidden, alpha_logp))
 
 
 if __name__ == "__main__":
     for name, o, a in (("pendulum", 3, 1), ("halfcheetah", 17, 6)):
-        g = sac_update_gemms(o, a)
-        print(f"{name}: {len(g)} products, {sac_update_flops(o, a) / 1e6:.1f} MFLOP per update")
+        for src in ("policy", "updated"):
+            g = sac_update_gemms(o, a, alpha_logp=src)
+            print(f"{name} (alpha_logp={src}): {len(g)} products, "
+                  f"{sac_update_flops(o, a, alpha_logp=src) / 1e6:.1f} MFLOP per update")

@@ -257,6 +257,17 @@ def sac_run(env_id: str, env_steps: int, warmup_steps: int = 1000, seed: int = 0
             "episode_returns": list(run.collector.episode_returns)}
 
 
+def train_sac_settings(env_id: str, env_steps: int, seed: int = 0, eval_episodes: int = 10,
+                       checkpoint_interval: int = 10_000) -> dict:
+    """The settings :func:`train_sac_run` (with a ``work_dir``) would record for this run today: the default
+    ``SACConfig``'s JSON less env id, env steps and seed, so a recorded run can be checked against it."""
+    from emote_jax.train import SACConfig
+
+    cfg = SACConfig(env_id=env_id, env_steps=env_steps, seed=seed, eval_episodes=eval_episodes,
+                    checkpoint_interval=checkpoint_interval)
+    return {k: v for k, v in (cfg.to_json() | {"run_dir": None}).items() if k not in ("env_id", "env_steps", "seed")}
+
+
 def train_sac_run(env_id: str, env_steps: int, seed: int = 0, eval_episodes: int = 10, work_dir: str | None = None,
                   checkpoint_interval: int = 10_000) -> dict:
     """``emote_jax.train.train_sac`` with the default ``SACConfig`` (what ``emote-jax train --run-dir`` does);

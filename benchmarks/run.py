@@ -656,6 +656,9 @@ def _learning_runs_before(stem: Path, quick: bool) -> dict:
 
 
 LEARN_STEPS = {"halfcheetah": 300_000, "pendulum": 20_000}
+#: Settings of a recorded run that do not change what it learns (where it logged, how often it saved).
+_BOOKKEEPING = {"env_id", "env_steps", "seed", "run_dir", "log_interval", "log_metrics", "metrics_interval",
+                "metric_names", "wandb_project", "wandb_mode", "checkpoint_interval", "keep_checkpoints"}
 
 
 def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
@@ -684,10 +687,24 @@ def suite_peers_learning(b: Bench, previous: dict, save: Any) -> dict:
         for i, seed in enumerate(seeds):
             for side in (sides if i % 2 == 0 else sides[::-1]):
                 plan.append((env, seed, side, steps))
-    todo = [p for p in plan if f"{p[2]}/{p[0]}/{p[1]}/{p[3]}" not in runs]
-    _say(f"peers-learning: {len(plan)} runs, {len(plan) - len(todo)} already done")
     ours_side = peers_side = None
     try:
+        todo = []
+        for env, seed, side, steps in plan:
+            done = runs.get(f"{side}/{env}/{seed}/{steps}")
+            if done and side == "ours":  # recorded at other settings (an older default): not this code's run
+                ours_side = ours_side or b.ours()
+                now = ours_side("train_sac_settings", env_id=ENVS[env][0], env_steps=steps, seed=seed,
+                                eval_episodes=eval_episodes)
+                changed = sorted(k for k in (set(now) | set(done["settings"])) - _BOOKKEEPING
+                                 if now.get(k) != done["settings"].get(k))
+                if changed:
+                    _say(f"peers-learning: ours {env} seed {seed} was recorded with other settings ({', '.join(changed)}"
+                         "): running it again")
+                    done = None
+            if not done:
+                todo.append((env, seed, side, steps))
+        _say(f"peers-learning: {len(plan)} runs, {len(plan) - len(todo)} already done")
         for env, seed, side, steps in todo:
             if side == "ours" and ours_side is None:
                 ours_side = b.ours()

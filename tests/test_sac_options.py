@@ -64,6 +64,7 @@ def test_only_hyperparameters_may_be_infinite_in_a_checkpoint(value, path, ok):
 
 
 EMOTE = {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1", "policy_head_init": "xavier",
+         "alpha_logp": "updated",
          "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"}
 
 
@@ -83,6 +84,7 @@ def test_the_defaults_are_pinned():
     assert (d.max_grad_norm, d.max_alpha, d.initial_alpha, d.policy_q, d.critic, d.preset) == \
         (math.inf, 0.2, 1.0, "min", "mse", None)  # no clipping: docs/decisions/0013
     assert d.policy_head_init == "orthogonal"
+    assert d.alpha_logp == "policy"  # the policy loss's sample, as SB3 and sbx: docs/decisions/0015
 
 
 @pytest.mark.parametrize("head_init", ["orthogonal", "xavier"])

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from emote_jax.algorithms.sac import PolicyLoss, make_sac_callbacks
+from emote_jax.algorithms.sac import AlphaLoss, PolicyLoss, make_sac_callbacks
+from emote_jax.callback import CallbackError
 from emote_jax.context import Context
 from emote_jax.loss import LossCallback
 from emote_jax.trainer import Trainer
@@ -87,3 +88,33 @@ def test_initial_alpha_is_used_as_given_then_clamped_after_the_step():
     first = Trainer(cbs, [{"default": _batch(), "batch_size": 16}], steps_per_call=1).train()
     assert float(first.metrics["alpha/alpha"][0]) == pytest.approx(np.e, rel=1e-6)  # step 1 used e
     assert float(jnp.exp(first.state["alpha"]["params"]["ln_alpha"])) <= 0.2 + 1e-6
+
+
+@pytest.mark.parametrize("alpha_logp", ["policy", "updated"])
+def test_alphas_logp_is_the_policy_losss_sample_or_a_sample_of_the_updated_policy(alpha_logp):
+    """``policy``: alpha's loss is ln_alpha * (-mean(logp) - target_entropy) with the policy loss's own
+    mean logp of the same step (SB3, sbx); ``updated``: logp of the updated policy, a different number."""
+    cbs, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(16, 16),
+                                initial_alpha=0.5, max_alpha=1.0, alpha_logp=alpha_logp, lr_policy=0.05)
+    assert cbs[3].logp_source == alpha_logp
+    ln_alpha0 = float(np.log(0.5))
+    ctx = Trainer(cbs, [{"default": _batch(), "batch_size": 16}], steps_per_call=1).train()
+    m = {k: float(np.asarray(v)[0]) for k, v in ctx.metrics.items() if k.startswith(("alpha/", "policy/"))}
+    assert m["alpha/target_entropy"] == -2.0
+    if alpha_logp == "policy":
+        assert m["alpha/entropy"] == pytest.approx(-m["policy/logp_mean"], rel=1e-6)
+        assert m["alpha/loss"] == pytest.approx(ln_alpha0 * (-m["policy/logp_mean"] + 2.0), rel=1e-5)
+    else:  # the policy moved (lr 0.05): the updated policy's logp is another number
+        assert abs(m["alpha/entropy"] + m["policy/logp_mean"]) > 1e-3
+        assert m["alpha/loss"] == pytest.approx(ln_alpha0 * (m["alpha/entropy"] + 2.0), rel=1e-5)
+
+
+def test_alphas_logp_from_the_policy_loss_needs_the_policy_loss_first():
+    cbs, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(16,))
+    q1, q2, policy, alpha, q_target = cbs
+    with pytest.raises(CallbackError, match="alpha: logp_source='policy' reads the 'policy/logp_mean' metric"):
+        Trainer([q1, q2, alpha, policy, q_target], [{"default": _batch(), "batch_size": 16}]).train()
+    with pytest.raises(ValueError, match="logp_source: expected one of"):
+        AlphaLoss(policy=policy.network, n_actions=2, logp_source="fresh")
+    with pytest.raises(ValueError, match="alpha_logp: expected 'policy'"):
+        make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), alpha_logp="fresh")

@@ -205,11 +205,19 @@ class PolicyLoss(LossCallback):
 
 
 class AlphaLoss(LossCallback):
-    """``mean(ln_alpha * (-logp - target_entropy))``, logp of a sample of the updated policy.
+    """``mean(ln_alpha * (-logp - target_entropy))``.
 
-    The sample is drawn with the step's key, which :class:`PolicyLoss` also uses: the same noise ``eps``
-    pushed through the updated parameters. The reference draws independent noise for the two; both
-    give unbiased estimates, and sharing it saves a PRNG call per step.
+    ``logp_source`` says where ``logp`` comes from:
+
+    * ``"updated"`` (the default here, the reference's): a sample of the updated policy at the batch's
+      observations, one more policy forward pass per step. The sample is drawn with the step's key,
+      which :class:`PolicyLoss` also uses: the same noise ``eps`` pushed through the updated parameters.
+      The reference draws independent noise for the two; both give unbiased estimates, and sharing it
+      saves a PRNG call per step.
+    * ``"policy"`` (SB3's, sbx's, and :class:`SACHParams`'s default): the policy loss's own sample,
+      before its update, read from the ``{policy_loss}/logp_mean`` metric it logs in the same step
+      (so :class:`PolicyLoss` must come first in the callback list). No forward pass of its own: about
+      1/17 of an update's matrix products (docs/decisions/0015).
 
     After each step ``ln_alpha`` is clamped so that ``alpha <= max_alpha``; the first step uses
     ``initial_alpha`` as given (the reference's ``ln_alpha``, clamped in ``end_batch``), so an
@@ -232,8 +240,12 @@ class AlphaLoss(LossCallback):
         lr: float = 3e-4,
         obs_key: str | None = "obs",
         name: str = "alpha",
+        logp_source: str = "updated",
         **kw: Any,
     ):
+        if logp_source not in LOGP_SOURCES:
+            raise ValueError(f"{name}: logp_source: expected one of {LOGP_SOURCES}, got {logp_source!r}")
+        self.logp_source = logp_source
         ln_alpha = jnp.asarray(np.log(initial_alpha), jnp.float32)  # clamped after each step, as the reference
         super().__init__(name=name, params={"ln_alpha": ln_alpha}, lr=lr, **kw)
         self.policy, self.policy_name, self.obs_key = policy, policy_loss, obs_key
@@ -266,14 +278,28 @@ class AlphaLoss(LossCallback):
         return slot["extra"]["target_entropy"]
 
     def loss(self, params: PyTree, ctx: Context) -> tuple[jax.Array, dict[str, jax.Array]]:
-        obs = _obs(ctx.batch[self.data_group], "observation", self.obs_key)
-        mean, std = self.policy.apply(ctx.slot(self.policy_name)["params"], obs)
-        _, logp = sample_action(mean, std, ctx.key)
-        logp = jax.lax.stop_gradient(logp)
         target_entropy = self._target_entropy(ctx)
-        loss = jnp.mean(params["ln_alpha"] * (-logp - target_entropy))
+        if self.logp_source == "policy":
+            logp_mean = jax.lax.stop_gradient(self._policy_logp_mean(ctx))
+            loss = params["ln_alpha"] * (-logp_mean - target_entropy)  # the mean over the batch, factored out
+        else:
+            obs = _obs(ctx.batch[self.data_group], "observation", self.obs_key)
+            mean, std = self.policy.apply(ctx.slot(self.policy_name)["params"], obs)
+            _, logp = sample_action(mean, std, ctx.key)
+            logp = jax.lax.stop_gradient(logp)
+            logp_mean = jnp.mean(logp)
+            loss = jnp.mean(params["ln_alpha"] * (-logp - target_entropy))
         return loss, {"alpha": jnp.exp(params["ln_alpha"]), "target_entropy": target_entropy,
-                      "entropy": -jnp.mean(logp)}
+                      "entropy": -logp_mean}
+
+    def _policy_logp_mean(self, ctx: Context) -> jax.Array:
+        name = f"{self.policy_name}/logp_mean"
+        if name not in ctx.metrics:
+            raise ValueError(
+                f"{self.name}: logp_source='policy' reads the {name!r} metric that PolicyLoss {self.policy_name!r} "
+                f"logs, but it is not among this step's metrics so far ({sorted(ctx.metrics)}): put the policy "
+                "loss before this callback, or use logp_source='updated'")
+        return ctx.metrics[name]
 
     def backward(self, ctx: Context) -> Context:
         ctx = super().backward(ctx)
@@ -281,6 +307,10 @@ class AlphaLoss(LossCallback):
         ln_alpha = jnp.minimum(slot["params"]["ln_alpha"], slot["extra"]["max_ln_alpha"])
         ctx = ctx.log(**{f"{self.name}/alpha_clamped": jnp.exp(ln_alpha)})  # the reference's training/alpha_value
         return ctx.with_slot(self.name, {**slot, "params": {"ln_alpha": ln_alpha}})
+
+
+#: Where :class:`AlphaLoss` takes its ``logp`` from: the policy loss's sample, or a fresh sample of the updated policy.
+LOGP_SOURCES = ("policy", "updated")
 
 
 @dataclass(frozen=True)
@@ -307,6 +337,9 @@ class SACHParams:
     max_grad_norm: float = math.inf
     # the Q of the policy loss: "min" = min(Q1, Q2) (SAC's paper, sbx, SB3), "q1" = Q1 only (the reference's default)
     policy_q: str = "min"
+    # alpha's logp: "policy" = the policy loss's sample (SB3, sbx; no extra forward pass), "updated" = a
+    # sample of the updated policy (the reference's; docs/decisions/0015)
+    alpha_logp: str = "policy"
     # the policy head's kernels: "orthogonal" (gain 0.01) or "xavier" (xavier-uniform gain 0.01, the reference's)
     policy_head_init: str = "orthogonal"
     # the critics: "mse" (the reference's SAC) or "hl-gauss" (HLGaussQNet over num_bins bins on [v_min, v_max])
@@ -360,6 +393,9 @@ def make_sac_callbacks(
         raise ValueError(f"obs_dim and n_actions must be >= 1, got {obs_dim} and {n_actions}")
     if hp.policy_q not in ("min", "q1"):
         raise ValueError(f"policy_q: expected 'min' (min(Q1, Q2)) or 'q1' (Q1 only), got {hp.policy_q!r}")
+    if hp.alpha_logp not in LOGP_SOURCES:
+        raise ValueError(f"alpha_logp: expected 'policy' (the policy loss's sample) or 'updated' (a sample of "
+                         f"the updated policy), got {hp.alpha_logp!r}")
     q_net = hp.q_network()
     q_loss = HLGaussQLoss if hp.critic == "hl-gauss" else QLoss
     policy_net = GaussianPolicy(n_actions, tuple(hp.hidden_dims), hp.policy_head_init)
@@ -380,7 +416,7 @@ def make_sac_callbacks(
         PolicyLoss(policy=policy_net, q=q_net, params=policy_params, lr=hp.lr_policy,
                    q2=None if hp.policy_q == "q1" else "q2", **common),
         AlphaLoss(policy=policy_net, n_actions=n_actions, initial_alpha=hp.initial_alpha, max_alpha=hp.max_alpha,
-                  target_entropy=hp.target_entropy, lr=hp.lr_alpha, **common),
+                  target_entropy=hp.target_entropy, lr=hp.lr_alpha, logp_source=hp.alpha_logp, **common),
         q_target,
     ]
     return callbacks, policy_net

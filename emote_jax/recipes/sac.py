@@ -17,7 +17,7 @@ import gymnasium
 import jax
 import numpy as np
 
-from emote_jax.algorithms.sac import SACHParams, make_sac_callbacks
+from emote_jax.algorithms.sac import LOGP_SOURCES, SACHParams, make_sac_callbacks
 from emote_jax.callback import Callback, HostCallback
 from emote_jax.errors import ConfigError, UnsupportedSpaceError
 from emote_jax.collectors.spaces import obs_dtypes
@@ -51,6 +51,7 @@ class SACConfig(RunConfig):
     max_alpha: float = _HP.max_alpha
     max_grad_norm: float = _HP.max_grad_norm
     policy_q: str = _HP.policy_q
+    alpha_logp: str = _HP.alpha_logp
     policy_head_init: str = _HP.policy_head_init
     critic: str = _HP.critic
     num_bins: int = _HP.num_bins
@@ -60,11 +61,11 @@ class SACConfig(RunConfig):
 
     #: ``--preset emote``: the reference's (emote-rl 23.0.0) SAC settings, for parity runs: critics' and
     #: policy's gradients clipped to norm 10, alpha capped at 0.2, the policy against Q1 alone, its head
-    #: initialised xavier-uniform (gain 0.01), 1,000
+    #: initialised xavier-uniform (gain 0.01), alpha's logp from a sample of the updated policy, 1,000
     #: random warm-up steps, one update per env step.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "emote": {"max_grad_norm": 10.0, "max_alpha": 0.2, "initial_alpha": 1.0, "policy_q": "q1",
-                  "policy_head_init": "xavier",
+                  "policy_head_init": "xavier", "alpha_logp": "updated",
                   "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"},
     }
 
@@ -82,6 +83,7 @@ class SACConfig(RunConfig):
             ("lr_alpha", self.lr_alpha > 0, "> 0"), ("max_alpha", self.max_alpha > 0, "> 0"),
             ("initial_alpha", self.initial_alpha > 0, "> 0"), ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
             ("policy_q", self.policy_q in ("min", "q1"), "'min' (min(Q1, Q2)) or 'q1' (Q1 only)"),
+            ("alpha_logp", self.alpha_logp in LOGP_SOURCES, f"one of {LOGP_SOURCES}"),
             ("policy_head_init", self.policy_head_init in ("orthogonal", "xavier"), "'orthogonal' or 'xavier'"),
             ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
             *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
@@ -136,6 +138,9 @@ def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
                    help="every loss clips its gradient to this global norm ('inf': no clipping)")
     p.add_argument("--policy-q", choices=("min", "q1"), default=d.policy_q,
                    help="the Q the policy maximises: min(Q1, Q2), or Q1 only (the reference's default)")
+    p.add_argument("--alpha-logp", choices=LOGP_SOURCES, default=d.alpha_logp,
+                   help="alpha's loss takes logp from the policy loss's sample (SB3, sbx; no extra forward pass) "
+                        "or from a sample of the updated policy (the reference's) (default: %(default)s)")
     p.add_argument("--policy-head-init", choices=("orthogonal", "xavier"), default=d.policy_head_init,
                    help="the policy's mean/log-std kernels: orthogonal gain 0.01, or xavier-uniform gain 0.01 "
                         "(the reference's) (default: %(default)s)")
