@@ -371,4 +371,5 @@ if __name__ == "__main__":
         "info": info, "update_setup": update_setup, "update_run": update_run, "update_drop": update_drop,
         "roofline_setup": roofline_setup, "roofline_run": roofline_run, "compile_time": compile_time,
         "sac_run": sac_run, "memory_fill": memory_fill, "check_env": check_env, "train_sac_run": train_sac_run,
+        "train_sac_settings": train_sac_settings,
     })
