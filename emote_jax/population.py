@@ -116,13 +116,16 @@ class Population:
         return self.metrics
 
     def train(self, bp_steps: int, out: TextIO | None = None, log_every_s: float = 10.0,
-              should_stop: Callable[[], bool] = lambda: False) -> None:
+              should_stop: Callable[[], bool] = lambda: False, pbt: Any = None) -> None:
         """Advance every member until it has run ``bp_steps`` more backprop steps (whole calls), printing a
-        line to ``out`` about every ``log_every_s`` seconds: the members' env steps and last-10 returns."""
+        line to ``out`` about every ``log_every_s`` seconds: the members' env steps and last-10 returns.
+        With ``pbt`` (a :class:`~emote_jax.pbt.PopulationBasedTraining`) its ``after_call`` runs after each call."""
         end = self.bp_step + bp_steps
         last = time.perf_counter()
         while self.bp_step < end and not should_stop():
             self.step()
+            if pbt is not None:
+                pbt.after_call(self)
             if out is not None and time.perf_counter() - last >= log_every_s:
                 last = time.perf_counter()
                 print(self.summary_line(), file=out, flush=True)
