@@ -108,6 +108,12 @@ def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
     p.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
                    help="with --population: member i takes value i %% L of the L values of NAME, one of "
                         "lr_q, lr_policy, lr_alpha, gamma, tau, reward_scale, max_alpha, max_grad_norm, initial_alpha")
+    p.add_argument("--pbt-interval", type=int, default=0, metavar="N",
+                   help="with --population: population-based training; every N bp steps the worst quarter of the "
+                        "members take the state of the best quarter and perturb --pbt-perturb by x0.8 or x1.2")
+    p.add_argument("--pbt-perturb", default=None, metavar="NAME,...",
+                   help="the settings PBT perturbs, of lr_q, lr_policy, lr_alpha, gamma, tau, reward_scale, "
+                        "max_grad_norm (default: the --sweep setting, else lr_q,lr_policy)")
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="with --resume: from exactly the checkpoint of bp step N, or fail (no other is tried; "
                         "a later intact checkpoint is refused, as the resumed run would write among them)")
@@ -261,10 +267,17 @@ def _algo_arg(argv: Sequence[str]) -> str:
 def _train(args: dict[str, Any]) -> int:
     resume, resume_step, given = args.pop("resume"), args.pop("resume_step"), args.pop("given")
     population, sweep = args.pop("population", 1), args.pop("sweep", None)
+    pbt_interval, pbt_perturb = args.pop("pbt_interval", 0), args.pop("pbt_perturb", None)
     if (population != 1 or sweep) and resume:
         raise UsageError("--population with --resume: a population is not checkpointed yet; train it again")
     if sweep and population == 1:
         raise UsageError("--sweep needs --population P > 1 (the members take its values in turn)")
+    if (pbt_interval or pbt_perturb) and population < 2:
+        raise UsageError("--pbt-interval needs --population P >= 2 (the worse members copy the better ones)")
+    if pbt_perturb and not pbt_interval:
+        raise UsageError("--pbt-perturb needs --pbt-interval N (how often PBT exploits)")
+    if pbt_interval < 0:
+        raise UsageError(f"--pbt-interval {pbt_interval} is not valid: expected N >= 1 bp steps (0: no PBT)")
     if resume_step is not None and not resume:
         raise UsageError("--resume-step needs --resume (and --run-dir): it picks the checkpoint to resume from")
     if resume and args.get("preset"):
@@ -289,7 +302,8 @@ def _train(args: dict[str, Any]) -> int:
     if population != 1:
         from emote_jax.population import train_population
 
-        train_population(algo, cfg, population, sweep, out=sys.stdout)
+        train_population(algo, cfg, population, sweep, out=sys.stdout, pbt_interval=pbt_interval,
+                         pbt_perturb=pbt_perturb)
         print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
         return 0
     train_run(algo, cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now

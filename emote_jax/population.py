@@ -218,12 +218,38 @@ def member_configs(cfg: Any, size: int, sweep: str | None = None) -> list[Any]:
     return out
 
 
-def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, out: TextIO | None = None) -> dict:
+#: Where each SAC setting of ``--pbt-perturb`` lives in the state: PopulationBasedTraining's "slot/name".
+PBT_PATHS = {"lr_q": ("q1/learning_rate", "q2/learning_rate"), "lr_policy": ("policy/learning_rate",),
+             "lr_alpha": ("alpha/learning_rate",), "gamma": ("q_target/gamma",), "tau": ("q_target/tau",),
+             "reward_scale": ("q_target/reward_scale",),
+             "max_grad_norm": tuple(f"{s}/max_grad_norm" for s in ("q1", "q2", "policy", "alpha"))}
+
+
+def pbt_hyperparams(perturb: str | None, sweep: str | None, algo: str = "sac") -> list[str]:
+    """The state paths ``--pbt-perturb`` names (default: the ``--sweep`` setting, else lr_q and lr_policy);
+    a ConfigError naming the option otherwise."""
+    from emote_jax.errors import ConfigError  # noqa: PLC0415
+
+    if algo != "sac":
+        raise ConfigError(f"--pbt-interval with --algo {algo}: only SAC's settings are mapped into the state", "--pbt-interval")
+    names = [n.strip().replace("-", "_") for n in perturb.split(",") if n.strip()] if perturb else \
+        [parse_sweep(sweep)[0]] if sweep else ["lr_q", "lr_policy"]
+    bad = [n for n in names if n not in PBT_PATHS]
+    if bad or not names:
+        raise ConfigError(f"--pbt-perturb {perturb!r}: expected names among {', '.join(PBT_PATHS)}"
+                          + (f"; {', '.join(bad)} cannot be perturbed" if bad else ""), "--pbt-perturb")
+    return [p for n in names for p in PBT_PATHS[n]]
+
+
+def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, out: TextIO | None = None,
+                     pbt_interval: int = 0, pbt_perturb: str | None = None) -> dict:
     """Train ``size`` members of ``cfg`` (seeds ``cfg.seed + i``, ``sweep`` as :func:`member_configs`) in one
     vmapped program until each has taken ``cfg.env_steps`` env steps; evaluate each; write
     ``run_dir/member-<i>/`` (``config.json``, ``policy/``, ``result.json``: a run directory that
     ``emote-jax eval`` reads) and ``run_dir/population.json`` (the result and the shared config). Returns the
-    population's result."""
+    population's result. ``pbt_interval`` > 0: population-based training
+    (:class:`~emote_jax.pbt.PopulationBasedTraining`) of the settings ``pbt_perturb`` names; its exploits
+    are in the result's ``pbt``."""
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -235,6 +261,14 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
         raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name> or gymnax:<name>): the "
                           f"members collect on the device; got --env {cfg.env_id}", "--population")
     configs = member_configs(cfg, size, sweep)
+    pbt = None
+    if pbt_interval:
+        from emote_jax.pbt import PopulationBasedTraining  # noqa: PLC0415
+
+        if size < 2:
+            raise ConfigError(f"--pbt-interval needs --population >= 2, got {size}", "--pbt-interval")
+        pbt = PopulationBasedTraining(pbt_hyperparams(pbt_perturb, sweep, getattr(cfg, "algo", "sac")), pbt_interval,
+                                      seed=cfg.seed, out=out)
     t0 = time.perf_counter()
     pop = Population([build_run(algo, c, out=None) for c in configs])
     if out is not None:
@@ -244,6 +278,8 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     t_train, last = time.perf_counter(), time.perf_counter()
     while pop.env_steps < cfg.env_steps:
         pop.step()
+        if pbt is not None:
+            pbt.after_call(pop)
         if out is not None and time.perf_counter() - last >= 10.0:
             last = time.perf_counter()
             print(pop.summary_line(), file=out, flush=True)
@@ -273,6 +309,8 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
               "train_wall_s": train_s, "total_wall_s": time.perf_counter() - t0,
               "member_updates_per_s": size * (pop.bp_step - 1) / train_s if train_s > 0 else None,
               "compilations": pop.num_compilations, "members": members,
+              "pbt": None if pbt is None else {"interval": pbt_interval, "hyperparams": [
+                  "/".join(h) for h in pbt.hyperparams], "exploits": pbt.history},
               "eval_mean_return": {"min": min(means), "median": float(np.median(means)), "max": max(means)}
               if means else None}
     if run_dir is not None:

@@ -88,3 +88,39 @@ def test_the_default_fitness_waits_for_episodes_and_settings_are_checked():
     solo = Population([build_run(SAC, SMALL, out=None)])
     with pytest.raises(ValueError, match="at least 2 members, got 1"):
         PopulationBasedTraining(HP, interval=4).after_call(solo)
+
+
+def test_the_cli_runs_pbt_on_a_population_and_records_its_exploits(tmp_path, capfd):
+    import json
+
+    from emote_jax.cli import main
+
+    run = tmp_path / "pbt"
+    status = main(["train", "--env", "jax:Pendulum-v1", "--population", "2", "--pbt-interval", "400",
+                   "--pbt-perturb", "lr_q,tau", "--steps", "1300", "--warmup-steps", "64", "--batch-size", "32",
+                   "--hidden", "8,8", "--steps-per-call", "8", "--eval-episodes", "1", "--run-dir", str(run)])
+    out = capfd.readouterr().out
+    assert status == 0, out
+    result = json.loads((run / "population.json").read_text())
+    pbt = result["pbt"]
+    assert pbt["hyperparams"] == ["q1/learning_rate", "q2/learning_rate", "q_target/tau"]
+    assert len(pbt["exploits"]) == 3 and result["compilations"] == 1  # at bp steps >= 400, 800, 1200
+    for e in pbt["exploits"]:
+        (r,), (d,) = e["receivers"], e["donors"]
+        assert r != d and e["fitness"][r] <= e["fitness"][d]
+        assert e["hyperparams"]["q1/learning_rate"][r] / e["hyperparams"]["q1/learning_rate"][d] in \
+            (pytest.approx(0.8), pytest.approx(1.2))
+    assert f"pbt at bp step {pbt['exploits'][0]['bp_step']}: " in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pbt-interval", "100"], "--pbt-interval needs --population P >= 2"),
+    (["--population", "2", "--pbt-perturb", "lr_q"], "--pbt-perturb needs --pbt-interval"),
+    (["--population", "2", "--pbt-interval", "100", "--pbt-perturb", "hidden_dims"], "hidden_dims cannot be perturbed"),
+    (["--population", "2", "--pbt-interval", "-5"], "--pbt-interval -5 is not valid"),
+])
+def test_pbt_settings_that_cannot_work_stop_with_one_line(args, message, tmp_path, capfd):
+    from emote_jax.cli import main
+
+    assert main(["train", "--env", "jax:Pendulum-v1", "--run-dir", str(tmp_path / "r"), *args]) == 2
+    assert message in capfd.readouterr().err
