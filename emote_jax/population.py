@@ -275,17 +275,32 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
         print(f"emote_jax {algo.title} population of {size} on {cfg.env_id}: {cfg.env_steps} env steps per member, "
               f"seeds {cfg.seed}..{cfg.seed + size - 1}" + (f", sweep {sweep}" if sweep else "")
               + f", devices {jax.devices()}", file=out, flush=True)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    logger = None
+    if run_dir is not None and cfg.log_metrics:  # one series per member and a summary (emote_jax.logging.population)
+        from emote_jax.logging.population import PopulationLogger  # noqa: PLC0415
+        from emote_jax.logging.writers import CSVWriter, TensorboardWriter  # noqa: PLC0415
+
+        logger = PopulationLogger([TensorboardWriter(run_dir / "tensorboard"), CSVWriter(run_dir / "metrics.csv")],
+                                  cfg.metrics_interval)
     t_train, last = time.perf_counter(), time.perf_counter()
-    while pop.env_steps < cfg.env_steps:
-        pop.step()
-        if pbt is not None:
-            pbt.after_call(pop)
-        if out is not None and time.perf_counter() - last >= 10.0:
-            last = time.perf_counter()
-            print(pop.summary_line(), file=out, flush=True)
+    try:
+        while pop.env_steps < cfg.env_steps:
+            pop.step()
+            if pbt is not None:
+                pbt.after_call(pop)
+            if logger is not None:
+                logger.after_call(pop)
+            if out is not None and time.perf_counter() - last >= 10.0:
+                last = time.perf_counter()
+                print(pop.summary_line(), file=out, flush=True)
+        if logger is not None and pop.metrics:
+            logger.after_call(pop, force=True)
+    finally:
+        if logger is not None:
+            logger.close()
     train_s = time.perf_counter() - t_train
     members = []
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     for i, c in enumerate(configs):
         run = pop.to_member(i)
         params = run.trainer.ctx.state[algo.params_slot]["params"]

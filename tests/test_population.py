@@ -96,6 +96,22 @@ def test_the_cli_trains_a_population_into_member_run_directories(tmp_path, capfd
     saved = json.loads((run / "member-1" / "config.json").read_text())
     assert saved["seed"] == 1 and saved["gamma"] == 0.99 and saved["env_id"] == "jax:Pendulum-v1"
     assert main(["eval", str(run / "member-1"), "--episodes", "1"]) == 0  # a member is a run directory
+    from emote_jax.logging.events import read_scalars
+
+    tb = read_scalars(run / "tensorboard")  # one series per member, and the spread over members
+    losses = {i: dict(tb[f"member/{i}/q1/loss"]) for i in range(3)}
+    steps = sorted(losses[0])
+    # every 100 bp steps (--metrics-interval), and at the end: 200 env steps - 64 warm-up = 136 bp steps
+    assert steps == [100, result["members"][0]["bp_steps"]] == [100, 136]
+    assert all(sorted(v) == steps for v in losses.values())
+    at = steps[-1]
+    by_member = [losses[i][at] for i in range(3)]
+    assert len(set(by_member)) == 3  # three members, three losses
+    assert dict(tb["population/q1/loss/min"])[at] == pytest.approx(min(by_member))
+    assert dict(tb["population/q1/loss/median"])[at] == pytest.approx(float(np.median(by_member)))
+    assert dict(tb["population/q1/loss/max"])[at] == pytest.approx(max(by_member))
+    assert [dict(tb[f"member/{i}/q1/lr"])[at] for i in range(3)] == pytest.approx([3e-4] * 3)
+    assert "member/1/episode/return" in tb and (run / "metrics.csv").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

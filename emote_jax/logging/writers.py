@@ -52,7 +52,7 @@ class TensorboardWriter(MetricWriter):
 
     All scalars of one log step go into one event (one ``Summary`` with a value per tag), which costs
     a few microseconds per tag instead of the ~75 us of one ``SummaryWriter.add_scalar`` call.
-    Read them back with :func:`emote_jax.logging.read_events` or TensorBoard itself.
+    Read them back with :func:`emote_jax.logging.events.read_scalars` or TensorBoard itself.
 
     Args:
         log_dir: the directory of the event files (created if needed).
