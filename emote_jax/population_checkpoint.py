@@ -1,0 +1,98 @@
+"""Checkpoints of a :class:`~emote_jax.population.Population`: the stacked state and the members' keys.
+
+A population collects on the device, so its whole training state is one pytree on the device: every
+member's parameters, optimizer states, targets, envs, replay buffer and counters, stacked on a leading
+axis P, and the members' PRNG keys. :func:`save_population` writes them with Orbax as a flat mapping
+``{path: array}`` (the paths are ``jax.tree_util.keystr`` of the state's leaves, so a reader can see
+what is where), with a JSON of the step and the population's shape beside it. :func:`restore_population`
+reads them into a population built from the same configs. The next calls then continue exactly as
+the saved population would have: same arrays, same keys, same compiled program. Nothing is unpickled.
+
+    save_population(pop, run_dir / "population-checkpoints")           # -> .../<bp step>
+    pop = Population([build_run(SAC, c) for c in configs])
+    restore_population(pop, run_dir / "population-checkpoints")        # the newest
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+_META = "population.json"
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def population_checkpoint_steps(directory: str | Path) -> list[int]:
+    """The bp steps of the complete population checkpoints in ``directory``, ascending."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / _META).is_file())
+
+
+def save_population(pop: Any, directory: str | Path) -> Path:
+    """Write ``pop``'s state and keys to ``directory/<bp step>`` (the step done: ``pop.bp_step - 1``) and
+    return that path. The JSON is written last, so a directory without it is an unfinished save."""
+    step = pop.bp_step - 1
+    path = Path(directory).resolve() / str(step)
+    if path.exists():
+        raise FileExistsError(f"save_population: {path} exists already (a checkpoint of bp step {step})")
+    tree = {"state": _flat(pop.state), "key": np.asarray(jax.random.key_data(pop.key))}
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path / "arrays", tree)
+        ckptr.wait_until_finished()
+    meta = {"bp_step": step, "size": pop.size, "steps_per_call": pop.steps_per_call,
+            "leaves": len(tree["state"]), "key_impl": str(jax.random.key_impl(pop.key))}
+    (path / _META).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def restore_population(pop: Any, directory: str | Path, step: int | None = None) -> int:
+    """Load the checkpoint of bp step ``step`` (default: the newest) in ``directory`` into ``pop`` (built
+    from the same configs as the saved one) and return its step. A checkpoint of another population
+    (size, state layout, shapes or dtypes) is refused with what differs; ``pop`` is unchanged then."""
+    steps = population_checkpoint_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"restore_population: no population checkpoint in {directory}")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(f"restore_population: no checkpoint of bp step {step} in {directory}; have {steps}")
+    path = Path(directory).resolve() / str(step)
+    meta = json.loads((path / _META).read_text())
+    if meta["size"] != pop.size:
+        raise ValueError(f"restore_population: {path} holds a population of {meta['size']} members; this one has "
+                         f"{pop.size}")
+    live = _flat(pop.state)
+    abstract = {"state": {k: jax.ShapeDtypeStruct(x.shape, x.dtype) for k, x in live.items()},
+                "key": jax.ShapeDtypeStruct(jax.random.key_data(pop.key).shape, jax.random.key_data(pop.key).dtype)}
+    with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(path / "arrays")
+        saved = getattr(saved, "item_metadata", saved)
+        saved = getattr(saved, "tree", saved)
+        saved_state = dict(saved["state"])
+        if set(saved_state) != set(live):
+            missing, extra = sorted(set(live) - set(saved_state)), sorted(set(saved_state) - set(live))
+            raise ValueError(f"restore_population: {path} has another state layout: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}")
+        bad = [k for k, m in saved_state.items()
+               if tuple(m.shape) != live[k].shape or np.dtype(m.dtype) != np.dtype(live[k].dtype)]
+        if bad:
+            k = bad[0]
+            raise ValueError(f"restore_population: {path}: {k} is {tuple(saved_state[k].shape)} "
+                             f"{saved_state[k].dtype} there, {live[k].shape} {live[k].dtype} here "
+                             f"({len(bad)} leaves differ)")
+        tree = ckptr.restore(path / "arrays", abstract)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(pop.state)
+    pop.state = jax.tree_util.tree_unflatten(treedef, [tree["state"][jax.tree_util.keystr(p)] for p, _ in leaves])
+    pop.key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(pop.key))
+    pop.sync_monitors()
+    return step
