@@ -18,7 +18,6 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from learning_bars import run_pool  # noqa: E402
 from run import _git_state  # noqa: E402
 
 ONE_RUN = """
@@ -54,29 +54,15 @@ def main() -> None:
     out_path = args.out or HERE / "results" / f"default_k-{host}-{time.strftime('%Y%m%d')}.json"
     jobs = [(k, s) for s in args.seeds for k in args.ks]
     runs: dict[str, dict] = {}
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def done(name: str, r: dict) -> None:
+        runs[name] = r
+        print(f"{name}: last-10 {r['last10']:.0f}, eval {r['eval_mean_return']:.0f}, {r['train_wall_s']:.0f} s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        pending, running = list(jobs), []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                k, s = pending.pop(0)
-                cpu = ["taskset", "-c", str(len(running) % (os.cpu_count() or 1))] if args.jobs > 1 else []
-                cmd = [*cpu, sys.executable, "-c", ONE_RUN, str(k), str(s), str(args.steps), f"{tmp}/k{k}-s{s}"]
-                running.append(((k, s), subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                         text=True, env=env)))
-            time.sleep(1)
-            for item in list(running):
-                (k, s), proc = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                out, err = proc.communicate()
-                if proc.returncode != 0:
-                    raise SystemExit(f"K={k} seed {s} failed ({proc.returncode}): {err[-2000:]}")
-                runs[f"k{k}-s{s}"] = json.loads(out.strip().splitlines()[-1])
-                r = runs[f"k{k}-s{s}"]
-                print(f"K={k} seed {s}: last-10 {r['last10']:.0f}, eval {r['eval_mean_return']:.0f}, "
-                      f"{r['train_wall_s']:.0f} s", flush=True)
+        cpus = list(range(args.jobs)) if args.jobs > 1 else None  # one core per run
+        run_pool([(f"k{k}-s{s}", ["-c", ONE_RUN, str(k), str(s), str(args.steps), f"{tmp}/k{k}-s{s}"]) for k, s in jobs],
+                 args.jobs, cpus, done)
     per_k = {}
     for k in args.ks:
         last10 = [runs[f"k{k}-s{s}"]["last10"] for s in args.seeds]
