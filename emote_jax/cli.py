@@ -40,7 +40,8 @@ from emote_jax.checkpoint import (
     verify_checkpoint,
 )
 from emote_jax.errors import ConfigError
-from emote_jax.recipes import ALGORITHMS, DEFAULT_ALGO, Algorithm, algo_of, get_algorithm
+from emote_jax.population import POPULATION_CONFIG
+from emote_jax.recipes import ALGORITHMS, DEFAULT_ALGO, Algorithm, algo_of, config_from_json, get_algorithm
 from emote_jax.recipes.common import train_run
 from emote_jax.recipes.config import add_run_options, with_tuples
 
@@ -268,8 +269,11 @@ def _train(args: dict[str, Any]) -> int:
     resume, resume_step, given = args.pop("resume"), args.pop("resume_step"), args.pop("given")
     population, sweep = args.pop("population", 1), args.pop("sweep", None)
     pbt_interval, pbt_perturb = args.pop("pbt_interval", 0), args.pop("pbt_perturb", None)
-    if (population != 1 or sweep) and resume:
-        raise UsageError("--population with --resume: a population is not checkpointed yet; train it again")
+    if resume and args.get("run_dir") and (Path(args["run_dir"]) / POPULATION_CONFIG).is_file():
+        return _resume_population(args, given, resume_step)
+    if (population != 1 or sweep or pbt_interval) and resume:
+        raise UsageError("--population with --resume: resume a population with --resume --run-dir DIR alone (its "
+                         "size, sweep and PBT settings are in DIR/population-config.json)")
     if sweep and population == 1:
         raise UsageError("--sweep needs --population P > 1 (the members take its values in turn)")
     if (pbt_interval or pbt_perturb) and population < 2:
@@ -308,6 +312,35 @@ def _train(args: dict[str, Any]) -> int:
         return 0
     train_run(algo, cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now
     print(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+def _resume_population(args: dict[str, Any], given: set[str], resume_step: int | None) -> int:
+    """``--resume --run-dir DIR`` of a population: its saved settings, ``--steps`` the one that may change."""
+    from emote_jax.population import POPULATION_CHECKPOINTS, train_population  # noqa: PLC0415
+    from emote_jax.population_checkpoint import population_checkpoint_steps  # noqa: PLC0415
+
+    run_dir = _run_dir(args["run_dir"], "--resume")
+    meta = json.loads((run_dir / POPULATION_CONFIG).read_text())
+    algo = get_algorithm(algo_of(meta["config"]))
+    settings = {f.name for f in dataclasses.fields(algo.config_cls)} | {"population", "sweep", "pbt_interval",
+                                                                        "pbt_perturb"}
+    other = sorted((given & settings) - {"run_dir", "env_steps", "algo"})
+    if other:
+        raise UsageError(f"--resume of a population keeps its settings; only --steps may change, got "
+                         f"{', '.join('--' + o.replace('_', '-') for o in other)}")
+    steps = population_checkpoint_steps(run_dir / POPULATION_CHECKPOINTS)
+    if not steps:
+        raise UsageError(f"--resume: no population checkpoint in {run_dir / POPULATION_CHECKPOINTS} (was it trained "
+                         "with --checkpoint-interval 0?)")
+    if resume_step is not None and resume_step not in steps:
+        raise UsageError(f"--resume-step {resume_step}: {run_dir / POPULATION_CHECKPOINTS} has the bp steps {steps}")
+    cfg = config_from_json(meta["config"])
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), **({"env_steps": args["env_steps"]} if "env_steps" in given else {}))
+    cfg.validate()
+    train_population(algo, cfg, meta["population"], meta["sweep"], out=sys.stdout, pbt_interval=meta["pbt_interval"],
+                     pbt_perturb=meta["pbt_perturb"], resume=True, resume_step=resume_step)
+    print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
     return 0
 
 

@@ -241,15 +241,22 @@ def pbt_hyperparams(perturb: str | None, sweep: str | None, algo: str = "sac") -
     return [p for n in names for p in PBT_PATHS[n]]
 
 
+#: In a population's run directory: its settings (``--resume`` reads them) and its checkpoints.
+POPULATION_CONFIG, POPULATION_CHECKPOINTS = "population-config.json", "population-checkpoints"
+
+
 def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, out: TextIO | None = None,
-                     pbt_interval: int = 0, pbt_perturb: str | None = None) -> dict:
+                     pbt_interval: int = 0, pbt_perturb: str | None = None, resume: bool = False,
+                     resume_step: int | None = None) -> dict:
     """Train ``size`` members of ``cfg`` (seeds ``cfg.seed + i``, ``sweep`` as :func:`member_configs`) in one
     vmapped program until each has taken ``cfg.env_steps`` env steps; evaluate each; write
     ``run_dir/member-<i>/`` (``config.json``, ``policy/``, ``result.json``: a run directory that
     ``emote-jax eval`` reads) and ``run_dir/population.json`` (the result and the shared config). Returns the
     population's result. ``pbt_interval`` > 0: population-based training
     (:class:`~emote_jax.pbt.PopulationBasedTraining`) of the settings ``pbt_perturb`` names; its exploits
-    are in the result's ``pbt``."""
+    are in the result's ``pbt``. With a ``run_dir`` and ``cfg.checkpoint_interval`` > 0 the population is
+    saved every that many bp steps and at the end (``run_dir/population-checkpoints``); ``resume`` goes on
+    from the newest one (or ``resume_step``), bitwise (PBT's draws start afresh)."""
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -271,18 +278,37 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
                                       seed=cfg.seed, out=out)
     t0 = time.perf_counter()
     pop = Population([build_run(algo, c, out=None) for c in configs])
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    ckpt = None
+    if run_dir is not None and cfg.checkpoint_interval > 0:
+        from emote_jax.population_checkpoint import PopulationCheckpointer, restore_population  # noqa: PLC0415
+
+        ckpt = PopulationCheckpointer(run_dir / POPULATION_CHECKPOINTS, cfg.checkpoint_interval, cfg.keep_checkpoints)
+        if resume:
+            step = restore_population(pop, run_dir / POPULATION_CHECKPOINTS, resume_step)
+            if out is not None:
+                print(f"resumed the population from its checkpoint of bp step {step} ({pop.env_steps} env steps per "
+                      "member)", file=out, flush=True)
+    elif resume:
+        raise ConfigError("--resume of a population needs its checkpoints (it was trained with --checkpoint-interval 0 "
+                          "or without --run-dir)", "--resume")
+    if run_dir is not None and not resume:  # config.json: the shared settings, as any run directory has
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+        (run_dir / POPULATION_CONFIG).write_text(json.dumps(
+            {"config": cfg.to_json(), "population": size, "sweep": sweep, "pbt_interval": pbt_interval,
+             "pbt_perturb": pbt_perturb}, indent=2))
     if out is not None:
         print(f"emote_jax {algo.title} population of {size} on {cfg.env_id}: {cfg.env_steps} env steps per member, "
               f"seeds {cfg.seed}..{cfg.seed + size - 1}" + (f", sweep {sweep}" if sweep else "")
               + f", devices {jax.devices()}", file=out, flush=True)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     logger = None
     if run_dir is not None and cfg.log_metrics:  # one series per member and a summary (emote_jax.logging.population)
         from emote_jax.logging.population import PopulationLogger  # noqa: PLC0415
         from emote_jax.logging.writers import CSVWriter, TensorboardWriter  # noqa: PLC0415
 
         logger = PopulationLogger([TensorboardWriter(run_dir / "tensorboard"), CSVWriter(run_dir / "metrics.csv")],
-                                  cfg.metrics_interval)
+                                  cfg.metrics_interval, start_step=pop.bp_step)
     t_train, last = time.perf_counter(), time.perf_counter()
     try:
         while pop.env_steps < cfg.env_steps:
@@ -291,11 +317,15 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
                 pbt.after_call(pop)
             if logger is not None:
                 logger.after_call(pop)
+            if ckpt is not None:
+                ckpt.after_call(pop)
             if out is not None and time.perf_counter() - last >= 10.0:
                 last = time.perf_counter()
                 print(pop.summary_line(), file=out, flush=True)
         if logger is not None and pop.metrics:
             logger.after_call(pop, force=True)
+        if ckpt is not None:
+            ckpt.after_call(pop, force=True)
     finally:
         if logger is not None:
             logger.close()

@@ -16,6 +16,7 @@ the saved population would have: same arrays, same keys, same compiled program. 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,29 @@ def restore_population(pop: Any, directory: str | Path, step: int | None = None)
     pop.key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(pop.key))
     pop.sync_monitors()
     return step
+
+
+class PopulationCheckpointer:
+    """Saves a population every ``interval`` bp steps (and at the end) into ``directory``, keeping the last
+    ``keep``; what ``emote-jax train --population P --checkpoint-interval N`` uses, and ``--resume`` reads."""
+
+    def __init__(self, directory: str | Path, interval: int, keep: int = 3):
+        if interval < 1 or keep < 1:
+            raise ValueError(f"PopulationCheckpointer: interval and keep must be >= 1, got {interval} and {keep}")
+        self.directory, self.interval, self.keep = Path(directory), int(interval), int(keep)
+        self._last: int | None = None
+
+    def after_call(self, pop: Any, force: bool = False) -> Path | None:
+        """Save if ``interval`` bp steps have passed since the last save (or ``force``, unless this step is
+        saved already); prune to the newest ``keep``."""
+        step = pop.bp_step - 1
+        if self._last is None:
+            saved = population_checkpoint_steps(self.directory)
+            self._last = saved[-1] if saved else 0
+        if step == self._last or (not force and step - self._last < self.interval):
+            return None
+        path = save_population(pop, self.directory)
+        self._last = step
+        for old in population_checkpoint_steps(self.directory)[:-self.keep]:
+            shutil.rmtree(self.directory / str(old), ignore_errors=True)
+        return path

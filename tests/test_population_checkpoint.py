@@ -64,3 +64,26 @@ def test_another_populations_checkpoint_is_refused_and_changes_nothing(tmp_path)
         restore_population(pop, tmp_path / "ckpt", step=5)
     with pytest.raises(FileNotFoundError, match="no population checkpoint"):
         restore_population(pop, tmp_path / "nothing")
+
+
+def test_the_cli_checkpoints_a_population_and_resumes_it_to_a_larger_budget(tmp_path, capfd):
+    import json
+
+    from emote_jax.cli import main
+
+    run = tmp_path / "pop"
+    common = ["--warmup-steps", "64", "--batch-size", "32", "--hidden", "8,8", "--steps-per-call", "8",
+              "--eval-episodes", "1"]
+    assert main(["train", "--env", "jax:Pendulum-v1", "--population", "2", "--steps", "400",
+                 "--checkpoint-interval", "96", "--keep-checkpoints", "2", "--run-dir", str(run), *common]) == 0
+    first = json.loads((run / "population.json").read_text())
+    assert population_checkpoint_steps(run / "population-checkpoints") == [288, 336]  # the last 2: 96-step saves, end
+    assert main(["train", "--resume", "--run-dir", str(run), "--steps", "600"]) == 0
+    out = capfd.readouterr().out
+    assert "resumed the population from its checkpoint of bp step 336 (400 env steps per member)" in out
+    second = json.loads((run / "population.json").read_text())
+    assert [m["env_steps"] for m in second["members"]] == [600, 600]
+    assert [m["bp_steps"] for m in second["members"]] == [536, 536] and first["members"][0]["bp_steps"] == 336
+    assert population_checkpoint_steps(run / "population-checkpoints")[-1] == 536
+    assert main(["train", "--resume", "--run-dir", str(run), "--steps", "700", "--gamma", "0.5"]) == 2
+    assert "only --steps may change, got --gamma" in capfd.readouterr().err

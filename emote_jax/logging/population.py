@@ -23,13 +23,13 @@ class PopulationLogger:
     Call :meth:`after_call` after each compiled call and :meth:`close` at the end.
     """
 
-    def __init__(self, writers: Sequence[MetricWriter], interval: int = 100):
+    def __init__(self, writers: Sequence[MetricWriter], interval: int = 100, start_step: int = 1):
         if interval < 1:
             raise ValueError(f"PopulationLogger: interval must be >= 1 backprop step, got {interval}")
         self.writers, self.interval = list(writers), int(interval)
-        self._next = self.interval
-        for w in self.writers:
-            w.open()
+        self._next = start_step - 1 + self.interval
+        for w in self.writers:  # a resumed population (start_step > 1) keeps the rows of the steps before it
+            w.open(start_step)
 
     def scalars(self, pop: Any) -> dict[str, float]:
         """The scalars of the population's last call: per member and min/median/max over members."""
