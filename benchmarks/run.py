@@ -1247,6 +1247,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     needs_ref = bool(REF_SUITES & set(args.suites))
     needs_peers = bool(PEER_SUITES & set(args.suites))
+    if set(args.suites) & PEER_SUITES == {"peers-learning"} and set(args.learn_sides or ["ours", "sbx"]) <= {"ours"}:
+        needs_peers = False  # learning curves of our side only: no peers venv to build
     ref_py = ensure_ref_venv() if needs_ref else None
     peers_py = ensure_peers_venv() if needs_peers else None
     sys.path.insert(0, str(HERE))

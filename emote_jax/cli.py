@@ -115,6 +115,9 @@ def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
     p.add_argument("--pbt-perturb", default=None, metavar="NAME,...",
                    help="the settings PBT perturbs, of lr_q, lr_policy, lr_alpha, gamma, tau, reward_scale, "
                         "max_grad_norm (default: the --sweep setting, else lr_q,lr_policy)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="with --population: shard the members over the first N of jax.devices() (N must divide P; "
+                        "default: the most devices that divide P). May differ on --resume")
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="with --resume: from exactly the checkpoint of bp step N, or fail (no other is tried; "
                         "a later intact checkpoint is refused, as the resumed run would write among them)")
@@ -269,8 +272,11 @@ def _train(args: dict[str, Any]) -> int:
     resume, resume_step, given = args.pop("resume"), args.pop("resume_step"), args.pop("given")
     population, sweep = args.pop("population", 1), args.pop("sweep", None)
     pbt_interval, pbt_perturb = args.pop("pbt_interval", 0), args.pop("pbt_perturb", None)
+    devices = args.pop("devices", None)
     if resume and args.get("run_dir") and (Path(args["run_dir"]) / POPULATION_CONFIG).is_file():
-        return _resume_population(args, given, resume_step)
+        return _resume_population(args, given, resume_step, devices)
+    if devices is not None and population == 1:
+        raise UsageError(f"--devices {devices} needs --population P > 1 (it shards the members over devices)")
     if (population != 1 or sweep or pbt_interval) and resume:
         raise UsageError("--population with --resume: resume a population with --resume --run-dir DIR alone (its "
                          "size, sweep and PBT settings are in DIR/population-config.json)")
@@ -307,7 +313,7 @@ def _train(args: dict[str, Any]) -> int:
         from emote_jax.population import train_population
 
         train_population(algo, cfg, population, sweep, out=sys.stdout, pbt_interval=pbt_interval,
-                         pbt_perturb=pbt_perturb)
+                         pbt_perturb=pbt_perturb, devices=devices)
         print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
         return 0
     train_run(algo, cfg, out=sys.stdout, resume=resume, resume_step=resume_step)  # the sys.stdout of now
@@ -315,8 +321,8 @@ def _train(args: dict[str, Any]) -> int:
     return 0
 
 
-def _resume_population(args: dict[str, Any], given: set[str], resume_step: int | None) -> int:
-    """``--resume --run-dir DIR`` of a population: its saved settings, ``--steps`` the one that may change."""
+def _resume_population(args: dict[str, Any], given: set[str], resume_step: int | None, devices: int | None) -> int:
+    """``--resume --run-dir DIR`` of a population: its saved settings; ``--steps`` and ``--devices`` may change."""
     from emote_jax.population import POPULATION_CHECKPOINTS, train_population  # noqa: PLC0415
     from emote_jax.population_checkpoint import population_checkpoint_steps  # noqa: PLC0415
 
@@ -327,7 +333,7 @@ def _resume_population(args: dict[str, Any], given: set[str], resume_step: int |
                                                                         "pbt_perturb"}
     other = sorted((given & settings) - {"run_dir", "env_steps", "algo"})
     if other:
-        raise UsageError(f"--resume of a population keeps its settings; only --steps may change, got "
+        raise UsageError(f"--resume of a population keeps its settings; only --steps and --devices may change, got "
                          f"{', '.join('--' + o.replace('_', '-') for o in other)}")
     steps = population_checkpoint_steps(run_dir / POPULATION_CHECKPOINTS)
     if not steps:
@@ -339,7 +345,7 @@ def _resume_population(args: dict[str, Any], given: set[str], resume_step: int |
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir), **({"env_steps": args["env_steps"]} if "env_steps" in given else {}))
     cfg.validate()
     train_population(algo, cfg, meta["population"], meta["sweep"], out=sys.stdout, pbt_interval=meta["pbt_interval"],
-                     pbt_perturb=meta["pbt_perturb"], resume=True, resume_step=resume_step)
+                     pbt_perturb=meta["pbt_perturb"], resume=True, resume_step=resume_step, devices=devices)
     print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
     return 0
 

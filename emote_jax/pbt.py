@@ -124,7 +124,7 @@ class PopulationBasedTraining:
                 new[slot] = _scaled(new[slot], homes[(slot, key)], key, scales[:, j])
             return new
 
-        self._exploit = jax.jit(exploit, donate_argnums=0)
+        self._exploit = jax.jit(exploit, donate_argnums=0, out_shardings=pop.sharding)  # the members stay put
         self._next = self.interval  # the first exploit at backprop step `interval` (or the first call past it)
 
     def after_call(self, pop: Any) -> dict[str, Any] | None:

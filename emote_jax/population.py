@@ -12,6 +12,14 @@ the reward scale, ...) can therefore differ per member without a recompilation.
 Members collect on the device (``--env jax:...``): every member's batch comes from its own slot, so the
 loader is a no-op. :meth:`Population.member_state` / :meth:`Population.to_member` take a member out into
 its own run again (to evaluate, save or export it like any run).
+
+Several devices: the population axis is sharded over ``jax.devices()`` (a one-axis
+:class:`jax.sharding.Mesh` named ``"population"``, every leaf of the state and the keys placed with
+``NamedSharding(mesh, PartitionSpec("population"))``). It stays one compiled program (``jax.jit`` of the
+vmapped call with those shardings in and out, no ``pmap``); the members never talk to each other inside
+it, so each device runs its members' steps alone. Population-based training's exploit gathers across
+devices in its own jitted call. ``devices=None`` takes the most devices that divide P (a population of 6
+on 4 devices uses 3; it says so in :attr:`placement`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from typing import Any, TextIO
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from emote_jax.collectors.device import DeviceCollectorMonitor
 from emote_jax.context import PyTree
@@ -40,6 +50,30 @@ def unstack(tree: PyTree, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], tree)
 
 
+POPULATION_AXIS = "population"
+
+
+def population_devices(size: int, devices: int | Sequence[Any] | None = None) -> list[Any]:
+    """The devices a population of ``size`` members is sharded over: ``devices`` given as a list is used as
+    it is, as a number ``n`` the first ``n`` of ``jax.devices()``; None: the most of ``jax.devices()`` that
+    divide ``size``. Each device holds ``size / len(devices)`` members, so that number must be whole."""
+    if devices is None:
+        found = jax.devices()
+        n = max(d for d in range(1, len(found) + 1) if size % d == 0)
+        return list(found[:n])
+    if isinstance(devices, int):
+        found = jax.devices()
+        if not 1 <= devices <= len(found):
+            raise ValueError(f"Population: devices={devices}, but this process sees {len(found)} device(s) "
+                             f"({found[0].platform}); expected 1..{len(found)}")
+        devices = found[:devices]
+    devices = list(devices)
+    if not devices or size % len(devices):
+        raise ValueError(f"Population: {size} members cannot be split evenly over {len(devices)} device(s); use a "
+                         f"population that is a multiple of the device count or a device count that divides {size}")
+    return devices
+
+
 class Population:
     """P runs trained together: one compiled, vmapped call advances every member K backprop steps.
 
@@ -47,12 +81,14 @@ class Population:
         runs: the members, built by :func:`~emote_jax.recipes.common.build_run` from configs that differ
             only in what lives in the state (the seed, hyperparameters); their collectors must be
             :class:`~emote_jax.collectors.device.DeviceCollector`\\ s (a JAX-native env).
+        devices: the devices to shard the population axis over (:func:`population_devices`: None for the
+            most of ``jax.devices()`` that divide P, a count, or a list of devices).
 
     The members' warm-ups run first, each in its own ``begin_training`` (as a solo run's), then the
     states are stacked. :attr:`metrics` of the last call are ``name -> (P, K, ...)``.
     """
 
-    def __init__(self, runs: Sequence[Any]):
+    def __init__(self, runs: Sequence[Any], devices: int | Sequence[Any] | None = None):
         if not runs:
             raise ValueError("Population: expected at least one member run, got none")
         bad = [i for i, r in enumerate(runs) if not isinstance(r.collector, DeviceCollectorMonitor)]
@@ -65,6 +101,7 @@ class Population:
         if len(ks) != 1:
             raise ValueError(f"Population: expected one steps_per_call for every member, got {sorted(ks)}")
         self.steps_per_call = ks.pop()
+        self.devices = population_devices(len(self.runs), devices)  # before the warm-ups: a bad count fails at once
         for r in self.runs:  # each member's begin_training (its warm-up), as in its solo run; no step yet
             r.trainer.train(lambda: True, handle_signals=False)
         states = [r.trainer.ctx.state for r in self.runs]
@@ -75,8 +112,11 @@ class Population:
                     for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(s), strict=True)):
                 raise ValueError(f"Population: member {i}'s state differs in structure, shapes or dtypes from "
                                  "member 0's; members may differ only in values (seeds, hyperparameters)")
-        self.state = stack(states)
-        self.key = jnp.stack([r.trainer.ctx.key for r in self.runs])
+        self.mesh = Mesh(np.array(self.devices), (POPULATION_AXIS,))
+        #: every leaf's leading axis (the members) split over :attr:`devices`; the other axes whole
+        self.sharding = NamedSharding(self.mesh, PartitionSpec(POPULATION_AXIS))
+        self.state = self.place(stack(states))
+        self.key = self.place(jnp.stack([r.trainer.ctx.key for r in self.runs]))
         self.metrics: dict[str, np.ndarray] = {}
         self.num_compilations = 0
         t = self.trainer
@@ -88,7 +128,20 @@ class Population:
             self._layout = t._layouts[index]
             return state, key, arrays
 
-        self._call = jax.jit(jax.vmap(call), donate_argnums=(0, 1))
+        self._call = jax.jit(jax.vmap(call), donate_argnums=(0, 1), in_shardings=self.sharding,
+                             out_shardings=self.sharding)
+
+    def place(self, tree: PyTree) -> PyTree:
+        """``tree`` (leading axis P on every leaf) laid out as the population's state is: sharded over
+        :attr:`devices` along that axis."""
+        return jax.device_put(tree, self.sharding)
+
+    @property
+    def placement(self) -> str:
+        """Where the members live, in words: ``"4 members on 2 cpu devices (2 per device)"``."""
+        n = len(self.devices)
+        return (f"{self.size} members on {n} {self.devices[0].platform} device{'s' if n > 1 else ''}"
+                f" ({self.size // n} per device)")
 
     @property
     def size(self) -> int:
@@ -115,17 +168,25 @@ class Population:
         self.metrics = {k: np.stack([m[k] for m in per_member]) for k in (per_member[0] if per_member else {})}
         return self.metrics
 
-    def train(self, bp_steps: int, out: TextIO | None = None, log_every_s: float = 10.0,
-              should_stop: Callable[[], bool] = lambda: False, pbt: Any = None) -> None:
-        """Advance every member until it has run ``bp_steps`` more backprop steps (whole calls), printing a
-        line to ``out`` about every ``log_every_s`` seconds: the members' env steps and last-10 returns.
-        With ``pbt`` (a :class:`~emote_jax.pbt.PopulationBasedTraining`) its ``after_call`` runs after each call."""
-        end = self.bp_step + bp_steps
+    def train(self, bp_steps: int | None = None, out: TextIO | None = None, log_every_s: float = 10.0,
+              should_stop: Callable[[], bool] = lambda: False, pbt: Any = None, *, env_steps: int | None = None,
+              hooks: Sequence[Any] = ()) -> None:
+        """Advance every member by ``bp_steps`` more backprop steps, or until each member has taken
+        ``env_steps`` env steps (whole calls, so it may pass either by up to K - 1), printing a line to
+        ``out`` about every ``log_every_s`` seconds: the members' env steps and last-10 returns. After each
+        call ``pbt`` (a :class:`~emote_jax.pbt.PopulationBasedTraining`), then each of ``hooks`` (a
+        :class:`~emote_jax.logging.population.PopulationLogger`, a
+        :class:`~emote_jax.population_checkpoint.PopulationCheckpointer`, ...) gets ``after_call(self)``."""
+        if (bp_steps is None) == (env_steps is None):
+            raise ValueError(f"Population.train: expected one of bp_steps and env_steps, got bp_steps={bp_steps}, "
+                             f"env_steps={env_steps}")
+        end = None if bp_steps is None else self.bp_step + bp_steps
+        after = ([pbt] if pbt is not None else []) + list(hooks)
         last = time.perf_counter()
-        while self.bp_step < end and not should_stop():
+        while not should_stop() and (self.bp_step < end if end is not None else self.env_steps < env_steps):
             self.step()
-            if pbt is not None:
-                pbt.after_call(self)
+            for hook in after:
+                hook.after_call(self)
             if out is not None and time.perf_counter() - last >= log_every_s:
                 last = time.perf_counter()
                 print(self.summary_line(), file=out, flush=True)
@@ -163,8 +224,10 @@ class Population:
         """Member ``i``'s run with its trainer holding the member's current state (to evaluate, save,
         export or go on training it alone)."""
         state, key = self.member_state(i)
+        state, key_data = jax.device_get((state, jax.random.key_data(key)))  # off its device: a solo run again
+        key = jax.random.wrap_key_data(jnp.asarray(key_data), impl=jax.random.key_impl(self.key))
         run = self.runs[i]
-        run.trainer.ctx = run.trainer.ctx.replace(state=jax.tree.map(jnp.array, state), key=key)
+        run.trainer.ctx = run.trainer.ctx.replace(state=jax.tree.map(jnp.asarray, state), key=key)
         run.collector.sync(run.trainer.ctx.state)
         return run
 
@@ -247,7 +310,7 @@ POPULATION_CONFIG, POPULATION_CHECKPOINTS = "population-config.json", "populatio
 
 def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, out: TextIO | None = None,
                      pbt_interval: int = 0, pbt_perturb: str | None = None, resume: bool = False,
-                     resume_step: int | None = None) -> dict:
+                     resume_step: int | None = None, devices: int | None = None) -> dict:
     """Train ``size`` members of ``cfg`` (seeds ``cfg.seed + i``, ``sweep`` as :func:`member_configs`) in one
     vmapped program until each has taken ``cfg.env_steps`` env steps; evaluate each; write
     ``run_dir/member-<i>/`` (``config.json``, ``policy/``, ``result.json``: a run directory that
@@ -256,7 +319,8 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     (:class:`~emote_jax.pbt.PopulationBasedTraining`) of the settings ``pbt_perturb`` names; its exploits
     are in the result's ``pbt``. With a ``run_dir`` and ``cfg.checkpoint_interval`` > 0 the population is
     saved every that many bp steps and at the end (``run_dir/population-checkpoints``); ``resume`` goes on
-    from the newest one (or ``resume_step``), bitwise (PBT's draws start afresh)."""
+    from the newest one (or ``resume_step``), bitwise (PBT's draws start afresh). ``devices``: how many of
+    ``jax.devices()`` to shard the members over (:func:`population_devices`; None: the most that divide P)."""
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -268,6 +332,10 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
         raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name> or gymnax:<name>): the "
                           f"members collect on the device; got --env {cfg.env_id}", "--population")
     configs = member_configs(cfg, size, sweep)
+    try:
+        population_devices(size, devices)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("Population: devices=", "--devices "), "--devices") from None
     pbt = None
     if pbt_interval:
         from emote_jax.pbt import PopulationBasedTraining  # noqa: PLC0415
@@ -277,7 +345,7 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
         pbt = PopulationBasedTraining(pbt_hyperparams(pbt_perturb, sweep, getattr(cfg, "algo", "sac")), pbt_interval,
                                       seed=cfg.seed, out=out)
     t0 = time.perf_counter()
-    pop = Population([build_run(algo, c, out=None) for c in configs])
+    pop = Population([build_run(algo, c, out=None) for c in configs], devices=devices)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     ckpt = None
     if run_dir is not None and cfg.checkpoint_interval > 0:
@@ -301,7 +369,7 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     if out is not None:
         print(f"emote_jax {algo.title} population of {size} on {cfg.env_id}: {cfg.env_steps} env steps per member, "
               f"seeds {cfg.seed}..{cfg.seed + size - 1}" + (f", sweep {sweep}" if sweep else "")
-              + f", devices {jax.devices()}", file=out, flush=True)
+              + f"; {pop.placement}", file=out, flush=True)
     logger = None
     if run_dir is not None and cfg.log_metrics:  # one series per member and a summary (emote_jax.logging.population)
         from emote_jax.logging.population import PopulationLogger  # noqa: PLC0415
@@ -309,19 +377,9 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
 
         logger = PopulationLogger([TensorboardWriter(run_dir / "tensorboard"), CSVWriter(run_dir / "metrics.csv")],
                                   cfg.metrics_interval, start_step=pop.bp_step)
-    t_train, last = time.perf_counter(), time.perf_counter()
+    t_train = time.perf_counter()
     try:
-        while pop.env_steps < cfg.env_steps:
-            pop.step()
-            if pbt is not None:
-                pbt.after_call(pop)
-            if logger is not None:
-                logger.after_call(pop)
-            if ckpt is not None:
-                ckpt.after_call(pop)
-            if out is not None and time.perf_counter() - last >= 10.0:
-                last = time.perf_counter()
-                print(pop.summary_line(), file=out, flush=True)
+        pop.train(env_steps=cfg.env_steps, out=out, pbt=pbt, hooks=[h for h in (logger, ckpt) if h is not None])
         if logger is not None and pop.metrics:
             logger.after_call(pop, force=True)
         if ckpt is not None:

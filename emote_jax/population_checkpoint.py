@@ -7,6 +7,8 @@ axis P, and the members' PRNG keys. :func:`save_population` writes them with Orb
 what is where), with a JSON of the step and the population's shape beside it. :func:`restore_population`
 reads them into a population built from the same configs. The next calls then continue exactly as
 the saved population would have: same arrays, same keys, same compiled program. Nothing is unpickled.
+The arrays are read into the restoring population's sharding, so a checkpoint written with the members
+on N devices loads on M (any M that divides P; one included).
 
     save_population(pop, run_dir / "population-checkpoints")           # -> .../<bp step>
     pop = Population([build_run(SAC, c) for c in configs])
@@ -50,7 +52,7 @@ def save_population(pop: Any, directory: str | Path) -> Path:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "arrays", tree)
         ckptr.wait_until_finished()
-    meta = {"bp_step": step, "size": pop.size, "steps_per_call": pop.steps_per_call,
+    meta = {"bp_step": step, "size": pop.size, "steps_per_call": pop.steps_per_call, "devices": len(pop.devices),
             "leaves": len(tree["state"]), "key_impl": str(jax.random.key_impl(pop.key))}
     (path / _META).write_text(json.dumps(meta, indent=2))
     return path
@@ -73,8 +75,10 @@ def restore_population(pop: Any, directory: str | Path, step: int | None = None)
         raise ValueError(f"restore_population: {path} holds a population of {meta['size']} members; this one has "
                          f"{pop.size}")
     live = _flat(pop.state)
-    abstract = {"state": {k: jax.ShapeDtypeStruct(x.shape, x.dtype) for k, x in live.items()},
-                "key": jax.ShapeDtypeStruct(jax.random.key_data(pop.key).shape, jax.random.key_data(pop.key).dtype)}
+    kd = jax.random.key_data(pop.key)
+    # Read into this population's layout (its devices), whatever layout wrote it: N devices load on M.
+    abstract = {"state": {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pop.sharding) for k, x in live.items()},
+                "key": jax.ShapeDtypeStruct(kd.shape, kd.dtype, sharding=pop.sharding)}
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path / "arrays")
         saved = getattr(saved, "item_metadata", saved)

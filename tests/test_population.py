@@ -120,6 +120,8 @@ def test_the_cli_trains_a_population_into_member_run_directories(tmp_path, capfd
     (["--env", "jax:Pendulum-v1", "--population", "2", "--sweep", "lr_q=fast"], "expected numbers"),
     (["--env", "jax:Pendulum-v1", "--population", "0"], "--population 0 is not valid"),
     (["--env", "jax:Pendulum-v1", "--sweep", "lr_q=1e-3"], "--sweep needs --population P > 1"),
+    (["--env", "jax:Pendulum-v1", "--devices", "1"], "--devices 1 needs --population P > 1"),
+    (["--env", "jax:Pendulum-v1", "--population", "2", "--devices", "2"], "--devices 2, but this process sees 1"),
     (["--algo", "dqn", "--env", "jax:CartPole-v1", "--population", "2", "--sweep", "lr_q=1e-3"],
      "--sweep with --algo dqn"),
 ])
