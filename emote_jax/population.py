@@ -329,7 +329,7 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     from emote_jax.recipes.common import build_run, evaluate, save_policy  # noqa: PLC0415
 
     if not is_jax_env_id(cfg.env_id):
-        raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name> or gymnax:<name>): the "
+        raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name>, brax:<name> or gymnax:<name>): the "
                           f"members collect on the device; got --env {cfg.env_id}", "--population")
     configs = member_configs(cfg, size, sweep)
     try:

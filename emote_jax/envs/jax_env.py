@@ -6,8 +6,10 @@ limit and the autoreset itself, so an env only reports *termination* (the MDP en
 limit: a truncated episode is stored as truncated, and its Q target bootstraps.
 
 Ids are ``jax:<name>`` (:data:`JAX_ENVS`: ports of gymnasium's classic-control dynamics, checked step by
-step against gymnasium in the tests: Pendulum-v1, CartPole-v1) and, with gymnax installed, ``gymnax:<name>`` (any gymnax env with a
-``Box`` action space; docs/decisions/0012-device-collection.md says why gymnax is optional).
+step against gymnasium in the tests: Pendulum-v1, CartPole-v1), ``brax:<name>`` (brax's physics:
+halfcheetah, hopper, ant, ...; :mod:`emote_jax.envs.brax_env`) and, with gymnax installed,
+``gymnax:<name>`` (any gymnax env with a ``Box`` action space; docs/decisions/0012-device-collection.md
+says why gymnax and brax are optional).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ Reset = Callable[[jax.Array], tuple[PyTree, jax.Array]]
 Step = Callable[[PyTree, jax.Array, jax.Array], tuple[PyTree, jax.Array, jax.Array, jax.Array]]
 
 #: The prefixes of JAX-native env ids.
-JAX_PREFIX, GYMNAX_PREFIX = "jax:", "gymnax:"
+JAX_PREFIX, GYMNAX_PREFIX, BRAX_PREFIX = "jax:", "gymnax:", "brax:"
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,15 @@ class JaxEnv:
 
 
 def is_jax_env_id(env_id: str) -> bool:
-    """Whether ``env_id`` names a JAX-native env (``jax:...`` or ``gymnax:...``)."""
-    return env_id.startswith((JAX_PREFIX, GYMNAX_PREFIX))
+    """Whether ``env_id`` names a JAX-native env (``jax:...``, ``brax:...`` or ``gymnax:...``)."""
+    return env_id.startswith((JAX_PREFIX, GYMNAX_PREFIX, BRAX_PREFIX))
+
+
+def has_gymnasium_twin(env_id: str) -> bool:
+    """Whether ``env_id`` runs as a gymnasium env on the host: a gymnasium id, or a ``jax:`` port of one
+    (evaluated, filmed and exported on the original). ``brax:`` and ``gymnax:`` envs have none: they are
+    evaluated on the device."""
+    return not env_id.startswith((GYMNAX_PREFIX, BRAX_PREFIX))
 
 
 # ---- Pendulum-v1 ----------------------------------------------------------------------------------------
@@ -182,15 +191,22 @@ def gymnax_env(name: str) -> JaxEnv:
                   gymnasium.spaces.Box(act_low, act_high, dtype=np.float32), max_steps)
 
 
-def make_jax_env(env_id: str) -> JaxEnv:
-    """The :class:`JaxEnv` of ``env_id`` (``jax:<name>`` or ``gymnax:<name>``); a ValueError naming
-    ``--env`` and the ids there are otherwise."""
+def make_jax_env(env_id: str, **kwargs: Any) -> JaxEnv:
+    """The :class:`JaxEnv` of ``env_id`` (``jax:<name>``, ``brax:<name>`` or ``gymnax:<name>``); ``kwargs``
+    go to a brax env's constructor (the others take none). A ValueError naming ``--env`` and the ids there
+    are otherwise."""
+    if env_id.startswith(BRAX_PREFIX):
+        from emote_jax.envs.brax_env import brax_env  # noqa: PLC0415  (brax is optional)
+
+        return brax_env(env_id[len(BRAX_PREFIX):], **kwargs)
+    if kwargs:
+        raise ValueError(f"--env-kwargs {kwargs!r}: {env_id} takes no keyword arguments (brax:<name> envs do)")
     if env_id.startswith(JAX_PREFIX):
         name = env_id[len(JAX_PREFIX):]
         if name not in JAX_ENVS:
             raise ValueError(f"--env {env_id}: no JAX-native env {name!r}; expected one of "
-                             f"{[JAX_PREFIX + n for n in JAX_ENVS]} or gymnax:<name>")
+                             f"{[JAX_PREFIX + n for n in JAX_ENVS]}, brax:<name> or gymnax:<name>")
         return JAX_ENVS[name]()
     if env_id.startswith(GYMNAX_PREFIX):
         return gymnax_env(env_id[len(GYMNAX_PREFIX):])
-    raise ValueError(f"--env {env_id}: expected a JAX-native env id (jax:<name> or gymnax:<name>)")
+    raise ValueError(f"--env {env_id}: expected a JAX-native env id (jax:<name>, brax:<name> or gymnax:<name>)")

@@ -30,7 +30,7 @@ from emote_jax.collectors import Actions, BoxActions, GymCollector, ThreadedGymC
 from emote_jax.collectors.device import DeviceCollectorMonitor, NoBatches
 from emote_jax.collectors.ray import RayCollector
 from emote_jax.context import Context, PyTree
-from emote_jax.envs.jax_env import GYMNAX_PREFIX, is_jax_env_id
+from emote_jax.envs.jax_env import has_gymnasium_twin, is_jax_env_id
 from emote_jax.logging import EpisodeMetrics, MetricsLogger, Progress, default_logger, write_learning_curve
 from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTable
 from emote_jax.memory.priority import PriorityFeedback, PriorityUpdater
@@ -358,7 +358,7 @@ def evaluate(algo: Algorithm, cfg: RunConfig, net: Any, params: PyTree, episodes
     """Returns of ``episodes`` deterministic episodes (``algo.eval_policy``, or ``act``: the same policy
     already jitted) on a fresh single env."""
     act = act if act is not None else jax.jit(algo.eval_policy(net))
-    if cfg.env_id.startswith(GYMNAX_PREFIX):  # no gymnasium twin: the episodes run on the device
+    if not has_gymnasium_twin(cfg.env_id):  # brax, gymnax: the episodes run on the device
         return run_jax_episodes(jax_env(cfg), act, params, episodes, seed)
     env = single_env(cfg)  # a jax: env is evaluated on the gymnasium env it ports
     try:

@@ -210,7 +210,8 @@ def with_tuples(cls: type[RunConfig], data: dict[str, Any]) -> dict[str, Any]:
 def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: RunConfig) -> None:
     """The ``emote-jax train`` options of the :class:`RunConfig` fields, with the defaults of ``d``."""
     p.add_argument("--env", dest="env_id", default=d.env_id, help="gymnasium env id, or a JAX-native env stepped inside the compiled step: jax:Pendulum-v1, "
-                   "gymnax:<id> (with gymnax installed)")
+                   "jax:CartPole-v1, brax:<name> (halfcheetah, hopper, ...; emote-jax[brax]), gymnax:<id> (with "
+                   "gymnax installed)")
     p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-envs", type=int, default=d.num_envs)

@@ -28,13 +28,10 @@ Algorithm = Any
 
 def jax_env(cfg: RunConfig) -> JaxEnv:
     """The :class:`JaxEnv` of ``cfg.env_id``, or a ConfigError naming ``--env``."""
-    if cfg.env_kwargs:
-        raise ConfigError(f"--env-kwargs {cfg.env_kwargs!r}: JAX-native envs ({cfg.env_id}) take no keyword "
-                          "arguments", "--env-kwargs")
     try:
-        return make_jax_env(cfg.env_id)
+        return make_jax_env(cfg.env_id, **cfg.env_kwargs)
     except ValueError as e:
-        raise ConfigError(str(e), "--env") from None
+        raise ConfigError(str(e), "--env-kwargs" if str(e).startswith("--env-kwargs") else "--env") from None
 
 
 def device_settings(cfg: RunConfig, env: JaxEnv) -> tuple[int, int]:

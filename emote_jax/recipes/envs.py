@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium
 
 import emote_jax.envs  # noqa: F401  (registers HitTheMiddle-v0)
-from emote_jax.envs.jax_env import GYMNAX_PREFIX, JAX_PREFIX
+from emote_jax.envs.jax_env import JAX_PREFIX, has_gymnasium_twin
 from emote_jax.errors import ConfigError
 
 #: Extras of emote-jax that bring an env family's dependencies, by the start of the envs' entry point.
@@ -71,8 +71,8 @@ def single_env(cfg: Any) -> gymnasium.Env:
     env_id = cfg.env_id
     if env_id.startswith(JAX_PREFIX):
         env_id = env_id[len(JAX_PREFIX):]
-    elif env_id.startswith(GYMNAX_PREFIX):
-        raise ConfigError(f"--env {env_id}: a gymnax env has no gymnasium twin to run on the host; its evaluation "
+    elif not has_gymnasium_twin(env_id):
+        raise ConfigError(f"--env {env_id}: a brax or gymnax env has no gymnasium twin to run on the host; its evaluation "
                           "runs on the device (emote_jax.recipes.device.run_jax_episodes)", "--env")
     check_env_id(env_id)
     with env_errors(env_id):
