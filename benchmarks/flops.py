@@ -21,9 +21,9 @@ Q1 loss, Q2 loss (each)     Q forward + weight grads + input grads of layers 2..
 policy loss                 policy forward + 2 Q forwards at (obs, a~pi) + 2 Q input-gradient passes
                             (all layers: the gradient reaches the action) + policy weight grads +
                             policy input grads of layers 2..L+1
-alpha loss                  with ``alpha_logp="updated"`` (the reference's, ``--preset emote``) a policy
-                            forward (no gradients); with ``"policy"`` (the default) none: it reads the
-                            policy loss's logp
+alpha loss                  with ``alpha_logp="updated"`` (the reference's and the default) a policy
+                            forward (no gradients); with ``"policy"`` none: it reads the policy loss's
+                            logp
 ==========================  ===========================================================================
 
 Not counted: the Q nets' weight gradients in the policy loss (the policy's loss does not need them;
@@ -55,7 +55,7 @@ def _input_grads(b: int, layers: list[tuple[int, int]], first: bool) -> list[Gem
 
 
 def sac_update_gemms(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256),
-                     alpha_logp: str = "policy") -> list[Gemm]:
+                     alpha_logp: str = "updated") -> list[Gemm]:
     """Every matrix product of one SAC update, in execution order (see the module docstring)."""
     b, hidden = batch, tuple(hidden)
     q = _layers(obs_dim + n_actions, hidden, 1)
@@ -76,7 +76,7 @@ def gemm_flops(gemms: list[Gemm]) -> int:
 
 
 def sac_update_flops(obs_dim: int, n_actions: int, batch: int = 256, hidden: tuple[int, ...] = (256, 256),
-                     alpha_logp: str = "policy") -> int:
+                     alpha_logp: str = "updated") -> int:
     """Analytic FLOPs of one SAC update (matrix products only)."""
     return gemm_flops(sac_update_gemms(obs_dim, n_actions, batch, hidden, alpha_logp))
 

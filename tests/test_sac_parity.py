@@ -110,7 +110,8 @@ def test_alphas_logp_is_the_policy_losss_sample_or_a_sample_of_the_updated_polic
 
 
 def test_alphas_logp_from_the_policy_loss_needs_the_policy_loss_first():
-    cbs, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(16,))
+    cbs, _ = make_sac_callbacks(obs_dim=3, n_actions=2, key=jax.random.key(0), hidden_dims=(16,),
+                                alpha_logp="policy")
     q1, q2, policy, alpha, q_target = cbs
     with pytest.raises(CallbackError, match="alpha: logp_source='policy' reads the 'policy/logp_mean' metric"):
         Trainer([q1, q2, alpha, policy, q_target], [{"default": _batch(), "batch_size": 16}]).train()

@@ -337,9 +337,10 @@ class SACHParams:
     max_grad_norm: float = math.inf
     # the Q of the policy loss: "min" = min(Q1, Q2) (SAC's paper, sbx, SB3), "q1" = Q1 only (the reference's default)
     policy_q: str = "min"
-    # alpha's logp: "policy" = the policy loss's sample (SB3, sbx; no extra forward pass), "updated" = a
-    # sample of the updated policy (the reference's; docs/decisions/0015)
-    alpha_logp: str = "policy"
+    # alpha's logp: "updated" = a sample of the updated policy (the reference's; the default: with
+    # "policy" HalfCheetah seed 1 stalled at ~1,700, docs/decisions/0015), "policy" = the policy loss's
+    # sample (SB3, sbx; one policy forward pass fewer)
+    alpha_logp: str = "updated"
     # the policy head's kernels: "orthogonal" (gain 0.01) or "xavier" (xavier-uniform gain 0.01, the reference's)
     policy_head_init: str = "orthogonal"
     # the critics: "mse" (the reference's SAC) or "hl-gauss" (HLGaussQNet over num_bins bins on [v_min, v_max])
