@@ -125,7 +125,8 @@ class PopulationBasedTraining:
             return new
 
         self._exploit = jax.jit(exploit, donate_argnums=0, out_shardings=pop.sharding)  # the members stay put
-        self._next = self.interval  # the first exploit at backprop step `interval` (or the first call past it)
+        if self._next is None:  # the first exploit at backprop step `interval` (or the first call past it)
+            self._next = self.interval
 
     def after_call(self, pop: Any) -> dict[str, Any] | None:
         """Exploit and explore if ``interval`` backprop steps have passed since the last exploit (the first:
@@ -160,6 +161,21 @@ class PopulationBasedTraining:
             pairs = ", ".join(f"{r} <- {d}" for r, d in zip(event["receivers"], event["donors"]))
             print(f"pbt at bp step {done}: {pairs}", file=self.out, flush=True)
         return event
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on as this one would (JSON-serialisable): the draws' generator
+        state, the next exploit's step and the :attr:`history`."""
+        return {"rng": self.rng.bit_generator.state, "next": self._next, "history": self.history}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take over :meth:`state_dict` of a saved run; a state of another generator is refused."""
+        want = type(self.rng.bit_generator).__name__
+        if state["rng"].get("bit_generator") != want:
+            raise ValueError(f"PopulationBasedTraining.load_state_dict: expected a {want} generator state, got "
+                             f"{state['rng'].get('bit_generator')!r}")
+        self.rng.bit_generator.state = state["rng"]
+        self._next = None if state["next"] is None else int(state["next"])
+        self.history = list(state["history"])
 
     @staticmethod
     def _values(slot: PyTree, slot_name: str, key: str) -> list[float]:

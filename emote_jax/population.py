@@ -319,7 +319,7 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     (:class:`~emote_jax.pbt.PopulationBasedTraining`) of the settings ``pbt_perturb`` names; its exploits
     are in the result's ``pbt``. With a ``run_dir`` and ``cfg.checkpoint_interval`` > 0 the population is
     saved every that many bp steps and at the end (``run_dir/population-checkpoints``); ``resume`` goes on
-    from the newest one (or ``resume_step``), bitwise (PBT's draws start afresh). ``devices``: how many of
+    from the newest one (or ``resume_step``), bitwise, PBT's draws, schedule and history included. ``devices``: how many of
     ``jax.devices()`` to shard the members over (:func:`population_devices`; None: the most that divide P)."""
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
@@ -351,9 +351,10 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     if run_dir is not None and cfg.checkpoint_interval > 0:
         from emote_jax.population_checkpoint import PopulationCheckpointer, restore_population  # noqa: PLC0415
 
-        ckpt = PopulationCheckpointer(run_dir / POPULATION_CHECKPOINTS, cfg.checkpoint_interval, cfg.keep_checkpoints)
+        ckpt = PopulationCheckpointer(run_dir / POPULATION_CHECKPOINTS, cfg.checkpoint_interval, cfg.keep_checkpoints,
+                                      pbt=pbt)
         if resume:
-            step = restore_population(pop, run_dir / POPULATION_CHECKPOINTS, resume_step)
+            step = restore_population(pop, run_dir / POPULATION_CHECKPOINTS, resume_step, pbt=pbt)
             if out is not None:
                 print(f"resumed the population from its checkpoint of bp step {step} ({pop.env_steps} env steps per "
                       "member)", file=out, flush=True)

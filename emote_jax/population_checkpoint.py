@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-_META = "population.json"
+_META, _PBT = "population.json", "pbt.json"
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -41,9 +41,11 @@ def population_checkpoint_steps(directory: str | Path) -> list[int]:
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / _META).is_file())
 
 
-def save_population(pop: Any, directory: str | Path) -> Path:
+def save_population(pop: Any, directory: str | Path, pbt: Any = None) -> Path:
     """Write ``pop``'s state and keys to ``directory/<bp step>`` (the step done: ``pop.bp_step - 1``) and
-    return that path. The JSON is written last, so a directory without it is an unfinished save."""
+    return that path; with ``pbt`` (a :class:`~emote_jax.pbt.PopulationBasedTraining`) its draws, next
+    exploit and history too (``pbt.json``). The population JSON is written last, so a directory without it
+    is an unfinished save."""
     step = pop.bp_step - 1
     path = Path(directory).resolve() / str(step)
     if path.exists():
@@ -54,14 +56,18 @@ def save_population(pop: Any, directory: str | Path) -> Path:
         ckptr.wait_until_finished()
     meta = {"bp_step": step, "size": pop.size, "steps_per_call": pop.steps_per_call, "devices": len(pop.devices),
             "leaves": len(tree["state"]), "key_impl": str(jax.random.key_impl(pop.key))}
+    if pbt is not None:
+        (path / _PBT).write_text(json.dumps(pbt.state_dict(), indent=2))
     (path / _META).write_text(json.dumps(meta, indent=2))
     return path
 
 
-def restore_population(pop: Any, directory: str | Path, step: int | None = None) -> int:
+def restore_population(pop: Any, directory: str | Path, step: int | None = None, pbt: Any = None) -> int:
     """Load the checkpoint of bp step ``step`` (default: the newest) in ``directory`` into ``pop`` (built
-    from the same configs as the saved one) and return its step. A checkpoint of another population
-    (size, state layout, shapes or dtypes) is refused with what differs; ``pop`` is unchanged then."""
+    from the same configs as the saved one) and return its step; with ``pbt``, PBT's saved draws, next
+    exploit and history into it (a checkpoint saved without PBT leaves ``pbt`` as it is). A checkpoint of
+    another population (size, state layout, shapes or dtypes) is refused with what differs; ``pop`` is
+    unchanged then."""
     steps = population_checkpoint_steps(directory)
     if not steps:
         raise FileNotFoundError(f"restore_population: no population checkpoint in {directory}")
@@ -100,17 +106,20 @@ def restore_population(pop: Any, directory: str | Path, step: int | None = None)
     pop.state = jax.tree_util.tree_unflatten(treedef, [tree["state"][jax.tree_util.keystr(p)] for p, _ in leaves])
     pop.key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(pop.key))
     pop.sync_monitors()
+    if pbt is not None and (path / _PBT).is_file():
+        pbt.load_state_dict(json.loads((path / _PBT).read_text()))
     return step
 
 
 class PopulationCheckpointer:
     """Saves a population every ``interval`` bp steps (and at the end) into ``directory``, keeping the last
-    ``keep``; what ``emote-jax train --population P --checkpoint-interval N`` uses, and ``--resume`` reads."""
+    ``keep`` (with PBT's state when ``pbt`` is given); what ``emote-jax train --population P
+    --checkpoint-interval N`` uses, and ``--resume`` reads."""
 
-    def __init__(self, directory: str | Path, interval: int, keep: int = 3):
+    def __init__(self, directory: str | Path, interval: int, keep: int = 3, pbt: Any = None):
         if interval < 1 or keep < 1:
             raise ValueError(f"PopulationCheckpointer: interval and keep must be >= 1, got {interval} and {keep}")
-        self.directory, self.interval, self.keep = Path(directory), int(interval), int(keep)
+        self.directory, self.interval, self.keep, self.pbt = Path(directory), int(interval), int(keep), pbt
         self._last: int | None = None
 
     def after_call(self, pop: Any, force: bool = False) -> Path | None:
@@ -122,7 +131,7 @@ class PopulationCheckpointer:
             self._last = saved[-1] if saved else 0
         if step == self._last or (not force and step - self._last < self.interval):
             return None
-        path = save_population(pop, self.directory)
+        path = save_population(pop, self.directory, self.pbt)
         self._last = step
         for old in population_checkpoint_steps(self.directory)[:-self.keep]:
             shutil.rmtree(self.directory / str(old), ignore_errors=True)

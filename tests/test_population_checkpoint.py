@@ -87,3 +87,26 @@ def test_the_cli_checkpoints_a_population_and_resumes_it_to_a_larger_budget(tmp_
     assert population_checkpoint_steps(run / "population-checkpoints")[-1] == 536
     assert main(["train", "--resume", "--run-dir", str(run), "--steps", "700", "--gamma", "0.5"]) == 2
     assert "only --steps and --devices may change, got --gamma" in capfd.readouterr().err
+
+
+def test_a_restored_pbt_run_continues_bitwise_with_its_draws_and_history(tmp_path):
+    from emote_jax.pbt import PopulationBasedTraining
+
+    def pbt(seed: int) -> PopulationBasedTraining:  # member 1 always the fitter: only the draws decide the scales
+        return PopulationBasedTraining(["q1/learning_rate"], interval=4, seed=seed, fitness=lambda p: np.arange(p.size))
+
+    pop, first = Population([build_run(SAC, c, out=None) for c in CFGS]), pbt(0)
+    pop.train(8, pbt=first)
+    save_population(pop, tmp_path / "ckpt", pbt=first)
+    pop.train(12, pbt=first)
+    expected, history = flat(pop.state), first.history
+    assert len(history) == 5  # exploits at bp steps 4, 8, 12, 16, 20
+
+    again, second = Population([build_run(SAC, c, out=None) for c in CFGS]), pbt(99)  # another seed: overwritten
+    restore_population(again, tmp_path / "ckpt", pbt=second)
+    assert second.history == history[:2]
+    again.train(12, pbt=second)
+    assert second.history == history  # the same draws: the same scales at 12, 16 and 20
+    got = flat(again.state)
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
