@@ -20,51 +20,35 @@ import contextlib
 import dataclasses
 import gc
 import json
-import logging
-import os
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import gymnasium
-
-from emote_jax.callback import CallbackError
-from emote_jax.checkpoint import (
-    CheckpointError,
-    CheckpointInfo,
-    checkpoint_steps,
-    inspect_checkpoints,
-    verify_checkpoint,
+from emote_jax.checkpoint import CheckpointInfo, inspect_checkpoints
+from emote_jax.cli_errors import (  # re-exported: emote_jax.cli.exit_status, ...
+    DEBUG_ENV,
+    DEBUG_HINT,
+    EXIT_STATUSES,
+    PROG,
+    UsageError,
+    debug_requested,
+    error_message,
+    exit_status,
+    one_line_warnings,
+    print_error,
+    quiet_library_noise,
 )
+from emote_jax.cli_resume import resume_args, resume_population, run_dir_of, with_preset
 from emote_jax.errors import ConfigError
 from emote_jax.population import POPULATION_CONFIG
-from emote_jax.recipes import ALGORITHMS, DEFAULT_ALGO, Algorithm, algo_of, config_from_json, get_algorithm
+from emote_jax.recipes import ALGORITHMS, DEFAULT_ALGO, Algorithm, algo_of, get_algorithm
 from emote_jax.recipes.common import train_run
-from emote_jax.recipes.config import add_run_options, with_tuples
+from emote_jax.recipes.config import add_run_options
 
-PROG = "emote-jax"
-#: The environment variable that, set to 1, shows tracebacks as ``--debug`` does.
-DEBUG_ENV = "EMOTE_JAX_DEBUG"
-DEBUG_HINT = f"(run with --debug, or {DEBUG_ENV}=1, for the traceback)"
-EXIT_STATUSES = f"""exit status:
-  0    done (train: also after a first Ctrl+C/SIGTERM, which writes a final checkpoint)
-  1    a failure at run time: no intact checkpoint to resume from, a non-finite loss, a callback
-       error, an unreadable policy, ... (one line; --debug or {DEBUG_ENV}=1 shows the traceback)
-  2    a bad setting or argument: an invalid option value, an env id gymnasium does not know, an env
-       whose spaces SAC cannot take, a RUN_DIR that does not exist or is not a run directory, a
-       --resume without checkpoints, a --resume-step with no such checkpoint
-  130  aborted (a second Ctrl+C/SIGTERM, or one before training began)
-"""
-#: gymnasium's errors for an env id it does not know: a bad --env, so exit status 2.
-_UNKNOWN_ENV_ERRORS = (gymnasium.error.UnregisteredEnv, gymnasium.error.DeprecatedEnv)
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-class UsageError(Exception):
-    """A bad command line or argument (exit status 2): the message says what was expected and what came."""
+__all__ = ["DEBUG_ENV", "DEBUG_HINT", "EXIT_STATUSES", "PROG", "UsageError", "build_parser", "error_message",
+           "exit_status", "main", "run"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,67 +154,6 @@ def build_parser(algo: str = DEFAULT_ALGO) -> argparse.ArgumentParser:
     return parser
 
 
-# ---- run directories ------------------------------------------------------------------------------------
-
-
-def _run_dir(path: str | None, what: str) -> Path:
-    """``path`` as a run directory of `emote-jax train` (it holds config.json), or a UsageError naming it."""
-    if path is None:
-        raise UsageError(f"{what} needs a run directory (--run-dir)")
-    run_dir = Path(path)
-    if not run_dir.is_dir():
-        raise UsageError(f"{what}: the run directory {run_dir} does not exist")
-    if not (run_dir / "config.json").is_file():
-        raise UsageError(f"{what}: {run_dir / 'config.json'} does not exist; is {run_dir} a run directory of "
-                         "`emote-jax train`?")
-    return run_dir
-
-
-def _check_resume_step(checkpoints: Path, steps: list[int], step: int) -> None:
-    """Refuse a --resume-step that names no checkpoint, or one with later intact checkpoints after it."""
-    if step not in steps:
-        raise UsageError(f"--resume-step {step}: {checkpoints} has no checkpoint of bp step {step}; it has {steps}")
-    later = [s for s in steps if s > step and not verify_checkpoint(checkpoints, s)]
-    if later:
-        raise UsageError(f"--resume-step {step}: {checkpoints} also holds the later intact checkpoint(s) {later}, "
-                         "among which the resumed run would write its own; resume the newest with --resume alone, "
-                         f"or move them out of {checkpoints} first")
-
-
-def _resume_args(args: dict[str, Any], given: set[str], resume_step: int | None) -> dict[str, Any]:
-    """The saved config.json of ``--run-dir`` (a config.json without ``"algo"`` is SAC's), overridden by
-    the options given on the command line (``given``, :func:`_given_options`), even at their default value."""
-    run_dir = _run_dir(args["run_dir"], "--resume")
-    checkpoints = run_dir / "checkpoints"
-    steps = checkpoint_steps(checkpoints)
-    if not steps:
-        raise UsageError(f"--resume: no checkpoint in {checkpoints} (was the run trained with "
-                         "--checkpoint-interval 0?)")
-    if resume_step is not None:
-        _check_resume_step(checkpoints, steps, resume_step)
-    config = run_dir / "config.json"
-    try:
-        saved = json.loads(config.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--resume: {config} is not readable JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(saved, dict):
-        raise UsageError(f"--resume: {config}: expected a JSON object of settings, got {type(saved).__name__}")
-    algo = algo_of(saved)
-    if algo not in ALGORITHMS:
-        raise UsageError(f"--resume: {config} is of the algorithm {algo!r}, which this version does not know; "
-                         f"expected one of {sorted(ALGORITHMS)}")
-    if args["algo"] != algo:
-        raise UsageError(f"--resume: {run_dir} is a run of --algo {algo}, not --algo {args['algo']}")
-    saved = with_tuples(ALGORITHMS[algo].config_cls, saved)  # JSON turned the tuples into lists
-    return {**saved, **{k: v for k, v in args.items() if k in given}, "algo": algo, "run_dir": str(run_dir)}
-
-
-def _with_preset(args: dict[str, Any], given: set[str]) -> dict[str, Any]:
-    """``args`` with the preset's values under the options given on the command line (``given``)."""
-    explicit = {k: v for k, v in args.items() if k in given}
-    return {**args, **ALGORITHMS[args["algo"]].config_cls.PRESETS[args["preset"]], **explicit}
-
-
 def _given_options(argv: Sequence[str]) -> set[str]:
     """The ``train`` settings given on the command line ``argv`` (also those given their default value)."""
     parser = build_parser(_algo_arg(argv))
@@ -251,7 +174,7 @@ def _saved_algo(argv: Sequence[str]) -> str | None:
     try:
         return algo_of(json.loads((Path(known.run_dir) / "config.json").read_text()))
     except (OSError, ValueError):
-        return None  # _resume_args says what is wrong
+        return None  # resume_args says what is wrong
 
 
 def _algo_arg(argv: Sequence[str]) -> str:
@@ -274,7 +197,7 @@ def _train(args: dict[str, Any]) -> int:
     pbt_interval, pbt_perturb = args.pop("pbt_interval", 0), args.pop("pbt_perturb", None)
     devices = args.pop("devices", None)
     if resume and args.get("run_dir") and (Path(args["run_dir"]) / POPULATION_CONFIG).is_file():
-        return _resume_population(args, given, resume_step, devices)
+        return resume_population(args, given, resume_step, devices)
     if devices is not None and population == 1:
         raise UsageError(f"--devices {devices} needs --population P > 1 (it shards the members over devices)")
     if (population != 1 or sweep or pbt_interval) and resume:
@@ -294,9 +217,9 @@ def _train(args: dict[str, Any]) -> int:
         raise UsageError("--preset with --resume: the resumed run keeps the settings in its config.json "
                          "(give the options to change instead)")
     if resume:
-        args = _resume_args(args, given, resume_step)
+        args = resume_args(args, given, resume_step)
     elif args.get("preset"):
-        args = _with_preset(args, given)
+        args = with_preset(args, given)
     elif args["run_dir"] is None:
         env_name = args["env_id"].replace(":", "-").replace("/", "-")  # jax:Pendulum-v1, ALE/Pong-v5: one plain name
         args["run_dir"] = f"runs/{args['algo']}-{env_name}-seed{args['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -321,39 +244,10 @@ def _train(args: dict[str, Any]) -> int:
     return 0
 
 
-def _resume_population(args: dict[str, Any], given: set[str], resume_step: int | None, devices: int | None) -> int:
-    """``--resume --run-dir DIR`` of a population: its saved settings; ``--steps`` and ``--devices`` may change."""
-    from emote_jax.population import POPULATION_CHECKPOINTS, train_population  # noqa: PLC0415
-    from emote_jax.population_checkpoint import population_checkpoint_steps  # noqa: PLC0415
-
-    run_dir = _run_dir(args["run_dir"], "--resume")
-    meta = json.loads((run_dir / POPULATION_CONFIG).read_text())
-    algo = get_algorithm(algo_of(meta["config"]))
-    settings = {f.name for f in dataclasses.fields(algo.config_cls)} | {"population", "sweep", "pbt_interval",
-                                                                        "pbt_perturb"}
-    other = sorted((given & settings) - {"run_dir", "env_steps", "algo"})
-    if other:
-        raise UsageError(f"--resume of a population keeps its settings; only --steps and --devices may change, got "
-                         f"{', '.join('--' + o.replace('_', '-') for o in other)}")
-    steps = population_checkpoint_steps(run_dir / POPULATION_CHECKPOINTS)
-    if not steps:
-        raise UsageError(f"--resume: no population checkpoint in {run_dir / POPULATION_CHECKPOINTS} (was it trained "
-                         "with --checkpoint-interval 0?)")
-    if resume_step is not None and resume_step not in steps:
-        raise UsageError(f"--resume-step {resume_step}: {run_dir / POPULATION_CHECKPOINTS} has the bp steps {steps}")
-    cfg = config_from_json(meta["config"])
-    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), **({"env_steps": args["env_steps"]} if "env_steps" in given else {}))
-    cfg.validate()
-    train_population(algo, cfg, meta["population"], meta["sweep"], out=sys.stdout, pbt_interval=meta["pbt_interval"],
-                     pbt_perturb=meta["pbt_perturb"], resume=True, resume_step=resume_step, devices=devices)
-    print(f"run directory: {cfg.run_dir} (members in member-<i>/)")
-    return 0
-
-
 def _eval(args: dict[str, Any]) -> int:
     from emote_jax.evaluation import evaluate_run
 
-    run_dir = _run_dir(args["run_dir"], "eval")
+    run_dir = run_dir_of(args["run_dir"], "eval")
     if args["episodes"] < 1 or args["video_episodes"] < 1:
         raise UsageError(f"expected --episodes and --video-episodes >= 1, got {args['episodes']} and "
                          f"{args['video_episodes']}")
@@ -365,7 +259,7 @@ def _eval(args: dict[str, Any]) -> int:
 def _export(args: dict[str, Any]) -> int:
     from emote_jax.onnx_export import META_FILE, export_run
 
-    run_dir = _run_dir(args["run_dir"], "export")
+    run_dir = run_dir_of(args["run_dir"], "export")
     path = export_run(run_dir, args["out"])
     print(f"wrote {path} and {path.with_name(META_FILE)}")
     return 0
@@ -406,95 +300,13 @@ def _checkpoints(args: dict[str, Any]) -> int:
         print(checkpoint_row(e))
     if not any(e.ok for e in entries):
         what = "no checkpoint" if not any(e.note is None for e in entries) else "no intact checkpoint"
-        _error(f"{what} in {directory.absolute()}: nothing to resume from")
+        print_error(f"{what} in {directory.absolute()}: nothing to resume from")
         return 1
     return 0
 
 
 _COMMANDS: dict[str, Callable[[dict[str, Any]], int]] = {"train": _train, "eval": _eval, "checkpoints": _checkpoints,
                                                        "export": _export}
-
-
-# ---- errors and warnings as one line ---------------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line: its lines stripped and joined with a space."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and the exceptions it was raised from (a callback error's ``original``, ``__cause__``),
-    outermost first."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.original if isinstance(exc, CallbackError) else exc.__cause__  # type: ignore[assignment]
-
-
-def exit_status(exc: BaseException) -> int:
-    """2 for a bad setting (a :class:`~emote_jax.errors.ConfigError`, an env id gymnasium does not know,
-    also when a callback error was raised from one), 1 for any other failure."""
-    return 2 if any(isinstance(e, (ConfigError, *_UNKNOWN_ENV_ERRORS)) for e in _causes(exc)) else 1
-
-
-def error_message(exc: BaseException) -> str:
-    """What to print for ``exc``: the setting error's own message (it names the option); for a failure at
-    run time its type and message, a callback error that came from a checkpoint unwrapped (the
-    checkpoint's message names it)."""
-    setting = next((e for e in _causes(exc) if isinstance(e, (ConfigError, *_UNKNOWN_ENV_ERRORS))), None)
-    if setting is not None:
-        return str(setting) if isinstance(setting, ConfigError) else f"--env: {setting}"
-    if isinstance(exc, CallbackError) and isinstance(exc.original, CheckpointError):
-        exc = exc.original
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _debug_requested(args: dict[str, Any]) -> bool:
-    env = os.environ.get(DEBUG_ENV, "").strip().lower()
-    return bool(args.get("debug")) or env not in ("", "0", "false", "no", "off")
-
-
-@contextlib.contextmanager
-def _one_line_warnings() -> Iterator[None]:
-    """Show warnings issued from emote_jax's own code as one line ``emote-jax: warning: ...``."""
-    with warnings.catch_warnings():
-        show = warnings.showwarning
-
-        def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                     file: Any = None, line: str | None = None) -> None:
-            if Path(filename).resolve().is_relative_to(_PACKAGE_DIR):
-                print(f"{PROG}: warning: {_one_line(str(message))}", file=sys.stderr, flush=True)
-            else:
-                show(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = one_line
-        yield
-
-
-def _quiet_library_noise() -> None:
-    """Keep what Orbax and TensorStore print around a damaged checkpoint off the terminal, for the rest of
-    the process (the exit comes after ``main`` returns): absl warnings (e.g. on a half-written step it
-    lists), asyncio's "Future exception was never retrieved", and the "Event loop is closed" errors of
-    reads abandoned after the first failure. The failure itself reaches the user as one line."""
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    if getattr(sys.unraisablehook, "_emote_jax_filter", False):
-        return
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook._emote_jax_filter = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -505,19 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args["command"] == "train":
             args["given"] = _given_options(argv)
     except UsageError as e:
-        _error(str(e))
+        print_error(str(e))
         return 2
-    debug = _debug_requested(args)
+    debug = debug_requested(args)
     args.pop("debug", None)
     command = args.pop("command")
     try:
         with contextlib.ExitStack() as stack:
             if not debug:
-                stack.enter_context(_one_line_warnings())
-                _quiet_library_noise()
+                stack.enter_context(one_line_warnings())
+                quiet_library_noise()
             return _COMMANDS[command](args)
     except UsageError as e:
-        _error(str(e))
+        print_error(str(e))
         return 2
     except KeyboardInterrupt as e:  # a second SIGINT/SIGTERM (TrainingAborted), or one before training began
         print(f"{PROG} {command}: aborted ({e or 'KeyboardInterrupt'})", file=sys.stderr)
@@ -526,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         status = exit_status(e)
-        _error(error_message(e) + (f" {DEBUG_HINT}" if status == 1 else ""))
+        print_error(error_message(e) + (f" {DEBUG_HINT}" if status == 1 else ""))
         return status
 
 

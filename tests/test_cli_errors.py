@@ -145,7 +145,8 @@ def test_resume_step_of_a_damaged_checkpoint_fails_without_falling_back(capfd, r
 def test_resume_takes_the_options_given_even_at_their_default_value(trained):
     """A resumed run keeps its config.json except for the options on the command line, also those given
     their default value (``--steps 15000`` is the default; the saved run had 300)."""
-    from emote_jax.cli import _given_options, _resume_args, build_parser
+    from emote_jax.cli import _given_options, build_parser
+    from emote_jax.cli_resume import resume_args as _resume_args
 
     argv = ["train", "--resume", "--run-dir", str(trained), "--steps", "15000", "--warmup-steps", "1000"]
     args = vars(build_parser("sac").parse_args(argv))

@@ -118,7 +118,8 @@ def test_an_unknown_preset_is_refused_naming_the_choices():
 
 
 def test_options_given_on_the_command_line_override_the_preset_even_at_their_default_value():
-    from emote_jax.cli import _given_options, _with_preset
+    from emote_jax.cli import _given_options
+    from emote_jax.cli_resume import with_preset as _with_preset
 
     argv = ["train", "--preset", "emote", "--policy-q", "min", "--steps", "5000"]
     args = vars(build_parser("sac").parse_args(argv))
