@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emote_jax.envs.jax_env import BRAX_PREFIX, JaxEnv
+from emote_jax.envs.jax_env_spec import BRAX_PREFIX, JaxEnv
 
 #: The time limit of a brax episode (``brax.envs.create``'s ``episode_length`` default).
 BRAX_EPISODE_STEPS = 1000
