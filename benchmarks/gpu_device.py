@@ -3,7 +3,7 @@ and SAC on brax's HalfCheetah for 1M env steps, alone and as a population.
 
 Run it on a GPU machine as it is (the project's ``.venv`` with ``jax[cuda13]`` and ``emote-jax[brax]``):
 
-    .venv/bin/python benchmarks/gpu_device.py            # about 40-60 minutes on one H100/A100-class GPU
+    .venv/bin/python benchmarks/gpu_device.py            # not yet run on a GPU: its duration is unknown
     .venv/bin/python benchmarks/gpu_device.py --quick    # a few minutes: the same steps, tiny budgets (CPU too)
 
 Parts, each a subprocess writing its own results file, gathered into
