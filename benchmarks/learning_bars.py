@@ -9,6 +9,7 @@ variant             config                                                      
 ``sac``             ``SACConfig()``: Pendulum-v1, 15k env steps                  eval >= -250
 ``sac-hl-gauss``    ``--critic hl-gauss --v-min -1700 --v-max 100``             eval >= -250
 ``sac-dict``        ``--env DictPendulum-v0`` (angle and velocity, two keys)       eval >= -250
+``sac-dict-shared`` ``sac-dict`` with ``--encoder-dims 64 --shared-encoder``       eval >= -250
 ``sac-emote``       ``--preset emote`` (the reference's settings)                  eval >= -250
 ``dqn``             ``DQNConfig()``: CartPole-v1, 50k env steps, eval every 2.5k   an eval >= 475 within 50k
 ``dqn-hl-gauss``    ``--algo dqn --critic hl-gauss --v-min 0 --v-max 100``        an eval >= 475 within 50k
@@ -45,6 +46,7 @@ VARIANTS: dict[str, tuple[str, dict, str, float]] = {
     "sac": ("sac", {}, "final", -250.0),
     "sac-hl-gauss": ("sac", {"critic": "hl-gauss", "v_min": -1700.0, "v_max": 100.0}, "final", -250.0),
     "sac-dict": ("sac", {"env_id": "DictPendulum-v0"}, "final", -250.0),
+    "sac-dict-shared": ("sac", {"env_id": "DictPendulum-v0", "encoder_dims": [64], "shared_encoder": True}, "final", -250.0),
     "sac-emote": ("sac", {"preset": "emote"}, "final", -250.0),
     "dqn": ("dqn", {"eval_interval": 2_500}, "any", 475.0),
     "dqn-hl-gauss": ("dqn", {"eval_interval": 2_500, "critic": "hl-gauss", "v_min": 0.0, "v_max": 100.0}, "any", 475.0),

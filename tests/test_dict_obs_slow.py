@@ -19,3 +19,13 @@ def test_sac_solves_dict_pendulum_in_15k_env_steps(seed, tmp_path):
     result = train_sac(cfg, out=None)
     assert result["env_steps"] >= 15_000
     assert result["eval_mean_return"] >= -250.0, result["eval_returns"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sac_with_a_shared_critic_encoder_solves_dict_pendulum_in_15k_env_steps(seed, tmp_path):
+    """The same bar with MLP encoders on the vector keys (--encoder-dims 64) and one encoder for both critics."""
+    cfg = SACConfig(env_id="DictPendulum-v0", encoder_dims=(64,), shared_encoder=True, seed=seed,
+                    run_dir=str(tmp_path / f"seed{seed}"))
+    result = train_sac(cfg, out=None)
+    assert result["eval_mean_return"] >= -250.0, result["eval_returns"]

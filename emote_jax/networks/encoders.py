@@ -14,6 +14,12 @@ image       Box, rank 3, uint8   x / 255 (float32, inside the compiled step), th
 
 Images stay uint8 on the host and in the memory; the scaling to [0, 1] is the encoder's first op.
 docs/decisions/0010-dict-observations.md says why.
+
+Each network has its own encoder by default. With ``SACHParams(shared_encoder=True)`` the two critics
+share one (the reference's ``SharedEncoderActionValueNet``: one encoder module in both Q nets): each
+critic's parameters keep the usual ``EncodedQ`` layout, and :class:`~emote_jax.algorithms.sac.QLoss`
+writes its updated encoder into its peer's parameters (:func:`with_encoder`), so the two copies are always
+equal and each critic's update sees the other's (docs/decisions/0016-shared-critic-encoder.md).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from flax import linen as nn
 
 from emote_jax.networks.sac import MLP, GaussianPolicy
 
+PyTree = Any
 #: ``{key: (unbatched shape, dtype)}`` of a Dict observation: what SAC's networks are built for.
 ObsSpec = Mapping[str, tuple[tuple[int, ...], Any]]
 
@@ -148,9 +155,33 @@ def encoded_policy(spec: ObsSpec, policy: GaussianPolicy, vector_dims: Sequence[
 
 def encoded_sac_networks(spec: ObsSpec, policy: GaussianPolicy, q: nn.Module,
                          vector_dims: Sequence[int] = ()) -> tuple[EncodedPolicy, EncodedQ]:
-    """``(policy, q)`` with an encoder of ``spec`` each in front of them (the Q nets share the module, not
-    the parameters: each Q loss has its own)."""
+    """``(policy, q)`` with an encoder of ``spec`` each in front of them (the Q nets share the module; each Q
+    loss has its own parameters, equal encoders among them when they share one, see the module docstring)."""
     return encoded_policy(spec, policy, vector_dims), EncodedQ(dict_encoder(spec, vector_dims), q)
+
+
+def encoder_params(variables: PyTree) -> PyTree:
+    """The encoder's parameters inside an :class:`EncodedQ`'s (or :class:`EncodedPolicy`'s) variables
+    ``{"params": {"encoder": ..., "q" | "head": ...}}``; a ValueError if there is no encoder."""
+    try:
+        return variables["params"]["encoder"]
+    except (KeyError, TypeError):
+        top = sorted(variables["params"]) if isinstance(variables, Mapping) and "params" in variables else None
+        raise ValueError(f"expected the variables of a network with an encoder ({{'params': {{'encoder': ...}}}}), "
+                         f"got params with keys {top}") from None
+
+
+def with_encoder(variables: PyTree, encoder: PyTree) -> PyTree:
+    """``variables`` (an :class:`EncodedQ`'s) with their encoder's parameters replaced by ``encoder`` (the
+    same tree structure, shapes and dtypes; otherwise a ValueError naming both)."""
+    old = encoder_params(variables)
+    same = jax.tree.structure(old) == jax.tree.structure(encoder) and all(
+        jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(encoder)))
+    if not same:
+        raise ValueError("a shared encoder must have the same parameters in every network that shares it: got "
+                         f"{jax.tree.map(jnp.shape, encoder)}, expected {jax.tree.map(jnp.shape, old)}")
+    return {**variables, "params": {**variables["params"], "encoder": encoder}}
 
 
 def example_obs(obs: int | ObsSpec, batch: int = 1) -> jax.Array | dict[str, jax.Array]:

@@ -58,6 +58,8 @@ class SACConfig(RunConfig):
     v_min: float | None = _HP.v_min
     v_max: float | None = _HP.v_max
     hl_sigma_ratio: float = _HP.hl_sigma_ratio
+    encoder_dims: tuple[int, ...] = _HP.encoder_dims
+    shared_encoder: bool = _HP.shared_encoder
 
     #: ``--preset emote``: the reference's (emote-rl 23.0.0) SAC settings, for parity runs: critics' and
     #: policy's gradients clipped to norm 10, alpha capped at 0.2, the policy against Q1 alone, its head
@@ -69,10 +71,14 @@ class SACConfig(RunConfig):
                   "warmup_steps": 1_000, "steps_per_call": 1, "bp_steps_per_env_step": 1.0, "critic": "mse"},
     }
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.encoder_dims = tuple(self.encoder_dims)  # a list from config.json: the same config
+
     def hparams(self) -> SACHParams:
         """The :class:`~emote_jax.algorithms.sac.SACHParams` these settings give (the rest: its defaults)."""
         names = {f.name for f in dataclasses.fields(SACHParams)} & {f.name for f in dataclasses.fields(self)}
-        return SACHParams(**{n: tuple(getattr(self, n)) if n.endswith("hidden_dims") and getattr(self, n) is not None
+        return SACHParams(**{n: tuple(getattr(self, n)) if n.endswith("_dims") and getattr(self, n) is not None
                              else getattr(self, n) for n in names})
 
     def algo_checks(self) -> list[Check]:
@@ -87,6 +93,8 @@ class SACConfig(RunConfig):
             ("policy_head_init", self.policy_head_init in ("orthogonal", "xavier"), "'orthogonal' or 'xavier'"),
             ("critic", self.critic in CRITICS, f"one of {CRITICS}"),
             *(hl_gauss_checks(self) if self.critic == "hl-gauss" else []),
+            ("encoder_dims", all(isinstance(d, int) and d >= 1 for d in self.encoder_dims),
+             "positive layer sizes like 64 or 64,64 (empty: the vector keys as they are)"),
         ]
 
 
@@ -145,6 +153,11 @@ def add_options(p: argparse._ArgumentGroup, d: SACConfig) -> None:
                    help="the policy's mean/log-std kernels: orthogonal gain 0.01, or xavier-uniform gain 0.01 "
                         "(the reference's) (default: %(default)s)")
     add_critic_options(p, d)
+    p.add_argument("--encoder-dims", type=int_tuple, default=d.encoder_dims, metavar="DIMS",
+                   help="Dict observations: an MLP encoder for each vector key, e.g. 64 (default: the vectors as they are)")
+    p.add_argument("--shared-encoder", action="store_true",
+                   help="Dict observations: Q1 and Q2 share one encoder (the reference's SharedEncoderActionValueNet); "
+                        "needs an image key or --encoder-dims")
 
 
 # ---- spaces and networks ---------------------------------------------------------------------------------
@@ -201,13 +214,30 @@ def make_callbacks(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int,
                    key: jax.Array) -> tuple[list[Callback], GaussianPolicy | EncodedPolicy]:
     """SAC's callbacks ``[q1, q2, policy, alpha, q_target]`` and its policy network, from ``cfg`` (an
     :class:`~emote_jax.networks.encoders.EncodedPolicy` for Dict observations)."""
+    check_encoder_options(cfg, obs_dim)
     return make_sac_callbacks(obs_dim=obs_dim, n_actions=n_actions, key=key, hp=cfg.hparams())
+
+
+def check_encoder_options(cfg: SACConfig, obs_dim: int | ObsSpec) -> None:
+    """A ConfigError naming ``--encoder-dims`` or ``--shared-encoder`` where the observation cannot take it:
+    both need a Dict observation, and a shared encoder needs parameters (an image key or ``--encoder-dims``)."""
+    name = cfg.env_id
+    if not isinstance(obs_dim, Mapping):
+        for option, on in (("--encoder-dims", bool(cfg.encoder_dims)), ("--shared-encoder", cfg.shared_encoder)):
+            if on:
+                raise ConfigError(f"{option}: --env {name} has a flat vector observation ({obs_dim},); the encoders are "
+                                  "for Dict observations (one per key): drop the option", option)
+    elif cfg.shared_encoder and not cfg.encoder_dims and not any(obs_kind(*v) == "image" for v in obs_dim.values()):
+        raise ConfigError(f"--shared-encoder: the Dict observation of --env {name} has only vector keys "
+                          f"({','.join(sorted(obs_dim))}) and they go in as they are, so the critics' encoder has no "
+                          "parameters to share: add --encoder-dims 64 (an MLP per vector key), or drop --shared-encoder",
+                          "--shared-encoder")
 
 
 def make_net(cfg: SACConfig, obs_dim: int | ObsSpec, n_actions: int) -> GaussianPolicy | EncodedPolicy:
     """The policy network of a SAC run (what ``policy/`` holds the parameters of)."""
     policy = GaussianPolicy(n_actions, tuple(cfg.hidden_dims), cfg.policy_head_init)
-    return encoded_policy(obs_dim, policy) if isinstance(obs_dim, Mapping) else policy
+    return encoded_policy(obs_dim, policy, tuple(cfg.encoder_dims)) if isinstance(obs_dim, Mapping) else policy
 
 
 # ---- acting ----------------------------------------------------------------------------------------------
