@@ -4,6 +4,9 @@ Per compiled call the trainer takes K batches (one host-to-device transfer), run
 ``jax.lax.scan`` and brings the step metrics back to the host once. Per step, as in the reference:
 ``begin_cycle``, ``begin_batch``, ``backward``, ``end_batch``, ``end_cycle``, each over all device
 callbacks sorted by ``order`` (stable, so list order breaks ties).
+
+The step itself is traced in :mod:`emote_jax.trainer_step`; the checks of the callbacks and of the states
+their hooks return are in :mod:`emote_jax.trainer_checks`.
 """
 
 from __future__ import annotations
@@ -17,128 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from emote_jax.callback import (
-    DEVICE_HOOKS,
     Callback,
     CallbackError,
     HostCallback,
     TrainingShutdownException,
     _Base,
-    host_per_step_hooks,
     overrides,
 )
 from emote_jax.context import Context, PyTree
-from emote_jax.faults import NONFINITE_SUFFIX, NonFiniteError, SignalShutdown, TrainingAborted, first_nonfinite
-
-TRAINER_SLOT = "trainer"
-
-
-class StateMismatchError(TypeError):
-    """A device hook returned a state whose structure, shapes or dtypes differ from what it was given."""
-
-
-def _describe(leaf: Any) -> str:
-    return f"{leaf.dtype}{list(leaf.shape)}"
-
-
-def _check_same_state(before: PyTree, after: PyTree, cb_name: str, hook: str) -> PyTree:
-    """Check that ``after`` has the structure, shapes and dtypes of ``before``; drop weak types."""
-    if jax.tree.structure(before) != jax.tree.structure(after):
-        raise StateMismatchError(
-            f"callback {cb_name!r} {hook} returned a state of another structure.\n"
-            f"  expected: {jax.tree.structure(before)}\n  got:      {jax.tree.structure(after)}"
-        )
-    paths_before = jax.tree_util.tree_flatten_with_path(before)[0]
-    out = []
-    for (path, b), a in zip(paths_before, jax.tree.leaves(after)):
-        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-            raise StateMismatchError(
-                f"callback {cb_name!r} {hook} put a {type(a).__name__} at state{jax.tree_util.keystr(path)}, "
-                f"expected an array {_describe(b)}"
-            )
-        if a.shape != b.shape or a.dtype != b.dtype:
-            raise StateMismatchError(
-                f"callback {cb_name!r} {hook} changed state{jax.tree_util.keystr(path)}: "
-                f"expected {_describe(b)}, got {_describe(a)}"
-            )
-        out.append(jax.lax.convert_element_type(a, b.dtype) if getattr(a, "weak_type", False) else a)
-    return jax.tree.unflatten(jax.tree.structure(before), out)
-
-
-def _sorted_callbacks(callbacks: Sequence[_Base]) -> list[_Base]:
-    for cb in callbacks:
-        if not isinstance(cb, (Callback, HostCallback)):
-            raise TypeError(f"expected Callback or HostCallback instances, got {type(cb).__name__}: {cb!r}")
-    names = [cb.name for cb in callbacks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"callback names must be unique (they name state slots); duplicated: {dupes}")
-    if TRAINER_SLOT in names:
-        raise ValueError(f"the name {TRAINER_SLOT!r} is reserved for the trainer's own slot")
-    for cb in callbacks:
-        hooks = host_per_step_hooks(cb)
-        if hooks:
-            raise TypeError(
-                f"HostCallback {cb.name!r} ({type(cb).__name__}) defines {', '.join(hooks)}: a host callback has no "
-                "per-step hooks (the steps run inside one compiled call), so it would never be called. Put per-step "
-                "device work in a Callback (its begin_batch/backward/end_batch are traced into the step); for host "
-                "work, use begin_cycle/end_cycle with cycle=1 (with steps_per_call=1, every step)")
-    return sorted(callbacks, key=lambda cb: cb.order)
-
-
-class _MetricsLayout:
-    """Where each metric of one compiled call lies in the call's packed metrics.
-
-    The compiled step returns its metrics (``name -> (K, *shape)``) as one array per dtype, of shape
-    ``(rows, K)``: one row per scalar metric (``size`` rows for a metric of per-step shape ``shape``),
-    so that the host fetches one buffer per call instead of one per metric, and each scalar metric is a
-    contiguous ``(K,)`` view of it.
-    """
-
-    def __init__(self, metrics: dict[str, jax.ShapeDtypeStruct]):
-        self.dtypes: list[np.dtype] = []
-        self.entries: list[tuple[str, int, int, int, tuple[int, ...]]] = []  # name, group, lo, hi, shape
-        rows: dict[np.dtype, int] = {}
-        for name, value in metrics.items():
-            dtype, shape = np.dtype(value.dtype), tuple(value.shape[1:])
-            if dtype not in rows:
-                rows[dtype] = 0
-                self.dtypes.append(dtype)
-            lo = rows[dtype]
-            rows[dtype] = lo + int(np.prod(shape, dtype=np.int64))
-            self.entries.append((name, self.dtypes.index(dtype), lo, rows[dtype], shape))
-        self.names = [e[0] for e in self.entries]
-        # the common case: scalar metrics of one dtype, rows in metric order
-        self.simple = len(self.dtypes) <= 1 and all(e[4] == () for e in self.entries)
-        scalar_flags = [e for e in self.entries if e[0].endswith(NONFINITE_SUFFIX) and e[4] == ()]
-        self.flag_rows = {g: np.array([e[2] for e in scalar_flags if e[1] == g], np.intp)
-                          for g in range(len(self.dtypes))}
-        self.flag_rows = {g: r for g, r in self.flag_rows.items() if r.size}
-        self.other_flags = [e[0] for e in self.entries if e[0].endswith(NONFINITE_SUFFIX) and e[4] != ()]
-
-    def pack(self, metrics: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
-        """(traced) ``name -> (K, *shape)`` to one ``(rows, K)`` array per dtype."""
-        groups: list[list[jax.Array]] = [[] for _ in self.dtypes]
-        for name, g, lo, hi, _shape in self.entries:
-            value = metrics[name]
-            groups[g].append(jnp.reshape(value, (value.shape[0], hi - lo)).T)
-        return tuple(jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0] for rows in groups)
-
-    def unpack(self, host: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Host arrays of :meth:`pack` to ``name -> (K, *shape)`` (views, no copies)."""
-        if self.simple:
-            return dict(zip(self.names, host[0])) if self.names else {}
-        out = {}
-        for name, g, lo, hi, shape in self.entries:
-            rows = host[g]
-            out[name] = rows[lo] if shape == () else rows[lo:hi].T.reshape(rows.shape[1], *shape)
-        return out
-
-    def flagged(self, host: list[np.ndarray], metrics: dict[str, np.ndarray]) -> bool:
-        """Whether any non-finite flag is set (NaN, a cycle hook that did not run, is not set)."""
-        for g, rows in self.flag_rows.items():
-            if (host[g][rows] > 0).any():
-                return True
-        return any(np.any(np.asarray(metrics[n]) > 0) for n in self.other_flags)
+from emote_jax.faults import NonFiniteError, SignalShutdown, TrainingAborted, first_nonfinite
+# TRAINER_SLOT, StateMismatchError and _check_same_state are imported from here too (emote_jax, checkpoint)
+from emote_jax.trainer_checks import TRAINER_SLOT, StateMismatchError, _check_same_state, _sorted_callbacks
+from emote_jax.trainer_step import _MetricsLayout, scan_steps
 
 
 class Trainer:
@@ -225,65 +118,13 @@ class Trainer:
             self._host_step = int(self._ctx.state[TRAINER_SLOT]["bp_step"])
         return self._host_step
 
-    # ---- the compiled step -------------------------------------------------------------------------
-    def _device_hook(self, cb: Callback, hook: str, ctx: Context) -> Context:
-        try:
-            out = getattr(cb, hook)(ctx)
-        except (StateMismatchError, CallbackError):
-            raise
-        except Exception as e:
-            raise CallbackError(cb.name, hook, None, e) from e
-        if not isinstance(out, Context):
-            raise StateMismatchError(
-                f"callback {cb.name!r} {hook} must return a Context, got {type(out).__name__}"
-            )
-        state = _check_same_state(ctx.state, out.state, cb.name, hook)
-        return out.replace(state=state, key=_check_same_state(ctx.key, out.key, cb.name, hook))
-
-    def _cycle_hook(self, cb: Callback, hook: str, ctx: Context) -> Context:
-        """Run a cycle hook under ``lax.cond``; metrics it logs are NaN on steps it does not run."""
-        if cb.cycle == 1:
-            return self._device_hook(cb, hook, ctx)
-        due = (ctx.bp_step - 1) % cb.cycle == 0 if hook == "begin_cycle" else ctx.bp_step % cb.cycle == 0
-        out_shape = jax.eval_shape(lambda c: self._device_hook(cb, hook, c), ctx)
-        new_names = [k for k in out_shape.metrics if k not in ctx.metrics]
-
-        def run(c: Context) -> Context:
-            out = self._device_hook(cb, hook, c)
-            return out.replace(metrics={**out.metrics, **{k: out.metrics[k].astype(jnp.float32) for k in new_names}})
-
-        def skip(c: Context) -> Context:
-            nan = {k: jnp.full(out_shape.metrics[k].shape, jnp.nan, jnp.float32) for k in new_names}
-            return c.replace(metrics={**c.metrics, **nan})
-
-        return jax.lax.cond(due, run, skip, ctx)
-
-    def _one_step(self, carry: tuple[PyTree, jax.Array], batch: PyTree) -> tuple[tuple[PyTree, jax.Array], dict]:
-        state, key = carry
-        key, step_key = jax.random.split(key)
-        bp_step = state[TRAINER_SLOT]["bp_step"]
-        ctx = Context(state=state, batch=batch, key=step_key, metrics={}, bp_step=bp_step)
-        for hook in DEVICE_HOOKS:
-            for cb in self.device_callbacks:
-                if not overrides(cb, hook):
-                    continue
-                if hook in ("begin_cycle", "end_cycle"):
-                    if cb.cycle:
-                        ctx = self._cycle_hook(cb, hook, ctx)
-                else:
-                    ctx = self._device_hook(cb, hook, ctx)
-        state = dict(ctx.state)
-        state[TRAINER_SLOT] = {**state[TRAINER_SLOT], "bp_step": bp_step + 1}
-        return (state, key), ctx.metrics
-
+    # ---- the compiled step (traced in :mod:`emote_jax.trainer_step`) --------------------------------
     def _run_steps(self, state: PyTree, key: jax.Array, batches: PyTree) -> tuple[PyTree, jax.Array, dict]:
         """K steps; the metrics come back packed (see :class:`_MetricsLayout`), keyed by their layout's
         index in ``self._layouts``: the key is part of the output's structure, so every compiled
         version of this function names its own layout."""
         self.num_compilations += 1  # runs only while tracing, i.e. once per compilation
-        # a batch without arrays (a loss of the parameters alone) has no axis to count the K steps by
-        length = None if jax.tree.leaves(batches) else self.steps_per_call
-        (state, key), metrics = jax.lax.scan(self._one_step, (state, key), batches, length=length)
+        state, key, metrics = scan_steps(self.device_callbacks, self.steps_per_call, state, key, batches)
         layout = _MetricsLayout(metrics)
         self._layouts.append(layout)
         return state, key, {len(self._layouts) - 1: layout.pack(metrics)}
