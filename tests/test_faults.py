@@ -196,18 +196,19 @@ import sys, time
 from pathlib import Path
 import jax, jax.numpy as jnp, numpy as np
 import emote_jax.checkpoint as ckpt
+import emote_jax.checkpoint_format as ckpt_format  # where the memory handler looks up write_table_state
 from emote_jax import HostCallback, LossCallback, Trainer
 from emote_jax.memory import ReplayTable
 
 out = Path(sys.argv[1])
-real_write, calls = ckpt.write_table_state, []
+real_write, calls = ckpt_format.write_table_state, []
 def write_or_hang(state, directory):
     real_write(state, directory)
     calls.append(directory)
     if len(calls) == 2:
         (out / "saving").write_text(str(directory))
         time.sleep(600)  # killed here, in the middle of the second save
-ckpt.write_table_state = write_or_hang
+ckpt_format.write_table_state = write_or_hang
 
 def batches():
     rng = np.random.default_rng(0)
