@@ -265,15 +265,18 @@ def test_actions_rescaled_to_bounds_and_stored_in_unit_range(dict_obs):
     obs_spec, action_shape = memory_spec(env)
     assert obs_spec == ({"a": ((2,), np.float32), "b": ((2,), np.float32)} if dict_obs else {"obs": ((2,), np.float32)})
     rec = Recorder()
-    col = GymCollector(env, lambda p, o, k: constant_policy(p, jax.tree.leaves(o)[0], k), rec, warmup_steps=1)
+    def collector() -> GymCollector:  # a fresh one each time: the warm-up (one step here) is taken once per collector
+        return GymCollector(env, lambda p, o, k: constant_policy(p, jax.tree.leaves(o)[0], k), rec, warmup_steps=1)
+
     for a, expected in [([-1.0, 1.0], [0.0, 5.0]), ([0.0, 0.0], [0.5, 1.0]), ([1.0, -1.0], [1.0, -3.0])]:
+        col = collector()
         col.begin_training(make_ctx({"a": jnp.array(a)}))
         seen = col._obs["a" if dict_obs else "obs"]
         np.testing.assert_allclose(seen, np.tile(expected, (3, 1)), atol=1e-6)
         stored = list(rec.calls[-1][1].values())
         np.testing.assert_allclose(stored, np.tile(a, (3, 1)))
     with pytest.warns(UserWarning, match="outside"):
-        col.begin_training(make_ctx({"a": jnp.array([3.0, -0.5])}))
+        collector().begin_training(make_ctx({"a": jnp.array([3.0, -0.5])}))
     np.testing.assert_allclose(list(rec.calls[-1][1].values()), np.tile([1.0, -0.5], (3, 1)))
 
 

@@ -189,3 +189,22 @@ def test_sigint_during_a_threaded_warmup_exits_0_within_a_second(tmp_path):
     rest = proc.stdout.read()
     assert rc == 0, rest
     assert "interrupted by SIGINT at bp step 0" in rest
+
+
+def test_a_second_train_on_the_same_run_does_not_take_the_warmup_again():
+    """Continuing a run with a second ``trainer.train()`` (a notebook's habit) goes on training: no second
+    block of warm-up steps (it took 300 random vector steps before, for 10 bp steps)."""
+    from emote_jax.recipes.sac import SACConfig, build_sac
+
+    run = build_sac(SACConfig(env_id="HitTheMiddle-v0", hidden_dims=(8,), batch_size=16, warmup_steps=300,
+                              eval_episodes=0, log_metrics=False, checkpoint_interval=0), out=None)
+    t, col = run.trainer, run.collector
+    try:
+        t.train(lambda: t.bp_step > 10)
+        assert col.vector_steps >= 300
+        v0, b0 = col.vector_steps, t.bp_step
+        t.train(lambda: t.bp_step > 20)
+        assert t.bp_step - b0 == 10
+        assert col.vector_steps - v0 <= 12  # one vector step per bp step (and a reset), not 300 more
+    finally:
+        run.env.close()

@@ -98,7 +98,9 @@ class GymCollector(HostCallback):
         params_slot: the state slot whose ``"params"`` the policy acts with.
         bp_steps_per_env_step: backprop steps per vector step; 10 means one vector step every 10th
             backprop step, 0.5 two vector steps per backprop step.
-        warmup_steps: vector steps taken in ``begin_training``, before the first update.
+        warmup_steps: vector steps taken in ``begin_training``, before the first update; once per
+            collector (a second ``Trainer.train`` takes only what an interrupted warm-up left, and a
+            resumed run none).
         random_warmup: take the warm-up steps with uniform random actions instead of the policy.
         seed: seeds the env's reset (``env.reset(seed=seed)``: sub-env i gets ``seed + i``), the policy's
             PRNG key and the random warm-up actions.
@@ -188,6 +190,7 @@ class GymCollector(HostCallback):
         self._vector_steps_in_training = 0
         self._started = False
         self._resume_pending = False  # set by load_host_state_dict: begin_training restarts episodes
+        self._warmup_taken = 0  # warm-up vector steps taken so far (a later train() does not repeat them)
         self._book = EpisodeBook.empty(self.num_envs)  # replaced on every reset (next_agent carries over)
 
     # ---- observation plumbing --------------------------------------------------------------------
@@ -339,9 +342,12 @@ class GymCollector(HostCallback):
         self._policy_actions(params)  # validates the output shape and compiles the policy
         self._key = key
         self._rng.bit_generator.state = rng_state  # the check draws nothing from the run's noise
-        for _ in range(0 if resumed else self.warmup_steps):
+        if resumed:
+            self._warmup_taken = self.warmup_steps
+        while self._warmup_taken < self.warmup_steps:
             _stop_if_requested(f"{self.name}: warm-up")
             self._step(None if self.random_warmup else self._params(ctx))
+            self._warmup_taken += 1
 
     # ---- warm-up fill ----------------------------------------------------------------------------
     #: Whether this collector steps on a background thread (then :meth:`fill` does not block).
