@@ -199,7 +199,12 @@ def _train(args: dict[str, Any]) -> int:
     if resume and args.get("run_dir") and (Path(args["run_dir"]) / POPULATION_CONFIG).is_file():
         return resume_population(args, given, resume_step, devices)
     if devices is not None and population == 1:
-        raise UsageError(f"--devices {devices} needs --population P > 1 (it shards the members over devices)")
+        raise UsageError(f"--devices {devices} needs --population P > 1 (it shards the members over devices; one "
+                         "run splits its envs over devices with --shard-envs D)")
+    if population != 1 and args.get("shard_envs", 0) > 1:
+        raise ConfigError(f"--shard-envs {args['shard_envs']} with --population {population}: a population shards its "
+                          "members over devices, not the envs of each; use --devices for populations and drop "
+                          "--shard-envs", "--shard-envs")
     if (population != 1 or sweep or pbt_interval) and resume:
         raise UsageError("--population with --resume: resume a population with --resume --run-dir DIR alone (its "
                          "size, sweep and PBT settings are in DIR/population-config.json)")

@@ -16,6 +16,10 @@ sets ``terminated``.
 and the ring of finished episodes, and offers what a :class:`~emote_jax.collectors.GymCollector` offers
 the host (``env_steps``, ``episode_returns``, ...), so progress, episode metrics, the env-step budget and
 periodic evaluation work as for the host path.
+
+Over several devices (``--shard-envs D``) :meth:`DeviceCollector.shardings` splits the slot's env axis
+over a one-axis mesh named :data:`ENV_AXIS`; the code of the step does not change (the compiled step
+follows the layout of its inputs).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from emote_jax.callback import Callback, HostCallback
 from emote_jax.context import Context, PyTree
@@ -38,6 +43,10 @@ Act = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
 
 #: Finished episodes the slot remembers (returns and lengths) between two reads of the host monitor.
 EPISODE_RING = 1024
+#: The name of the mesh axis a run's envs are split over (``--shard-envs``).
+ENV_AXIS = "envs"
+#: The slot's entries whose every leaf has the envs on its leading axis (N).
+PER_ENV = ("env_state", "obs", "ep_step", "ep_return")
 
 
 class DeviceCollector(Callback):
@@ -118,6 +127,17 @@ class DeviceCollector(Callback):
             "replay": device_replay.init(self.capacity, n, self.obs_dim, self.action_dim,
                                          jnp.float32 if self.num_discrete is None else jnp.int32),
         }
+
+    def shardings(self, slot: PyTree, mesh: Mesh) -> PyTree:
+        """``NamedSharding``\\ s for this collector's ``slot`` that split its N envs over ``mesh``'s axis
+        :data:`ENV_AXIS`: the leading axis of every leaf of :data:`PER_ENV`, and the env axis of the replay
+        buffer's arrays (:func:`~emote_jax.memory.device_replay.partition_specs`). The key, the counters and
+        the episode ring are whole on every device."""
+        whole, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(ENV_AXIS))
+        out = {k: jax.tree.map(lambda _, s=split if k in PER_ENV else whole: s, v) for k, v in slot.items()}
+        out["replay"] = {k: NamedSharding(mesh, spec)
+                         for k, spec in device_replay.partition_specs(slot["replay"], ENV_AXIS).items()}
+        return out
 
     # ---- one vector step ---------------------------------------------------------------------------------
     def vector_step(self, slot: PyTree, params: PyTree, random: bool = False) -> PyTree:

@@ -12,7 +12,9 @@ written with it) and the row ``e - T + 1`` has not been overwritten since (``age
 with ``age`` 0 for the newest row). :func:`sample` draws valid windows uniformly, with replacement, and
 returns them in :meth:`ReplayTable.sample`'s n-step layout, so the losses cannot tell the two apart.
 
-All functions are pure and jit-friendly (static shapes; ``count`` and ``T`` static).
+All functions are pure and jit-friendly (static shapes; ``count`` and ``T`` static). Split over devices
+(``--shard-envs``), each array but ``pos`` and ``size`` is sharded along its env axis, the second
+(:func:`partition_specs`); the functions do not change: the compiled step follows the layout.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 Buffer = dict[str, jax.Array]
+#: The buffer's counters: one value for all envs (every other array is ``(capacity, num_envs, ...)``).
+COUNTERS = ("pos", "size")
 
 
 def init(capacity: int, num_envs: int, obs_dim: int, action_dim: int, action_dtype: Any = jnp.float32) -> Buffer:
@@ -42,6 +47,12 @@ def init(capacity: int, num_envs: int, obs_dim: int, action_dim: int, action_dty
         "pos": jnp.zeros((), jnp.int32),  # the next row to write
         "size": jnp.zeros((), jnp.int32),  # rows written, at most capacity
     }
+
+
+def partition_specs(buf: Buffer, axis: str) -> dict[str, PartitionSpec]:
+    """Each array's ``PartitionSpec`` with its env axis (the second, ``num_envs``) split over the mesh axis
+    ``axis``; the counters (:data:`COUNTERS`) whole on every device."""
+    return {k: PartitionSpec() if k in COUNTERS else PartitionSpec(None, axis) for k in buf}
 
 
 def add(buf: Buffer, obs: jax.Array, actions: jax.Array, rewards: jax.Array, next_obs: jax.Array,

@@ -36,7 +36,7 @@ from emote_jax.memory import MemoryLoader, MemoryProxy, MemoryWarmup, ReplayTabl
 from emote_jax.memory.priority import PriorityFeedback, PriorityUpdater
 from emote_jax.memory.samplers import Sampler, make_sampler
 from emote_jax.recipes.config import RunConfig
-from emote_jax.recipes.device import device_pieces, jax_env, run_jax_episodes
+from emote_jax.recipes.device import device_pieces, env_devices, jax_env, run_jax_episodes, shard_envs
 from emote_jax.recipes.envs import check_rollout_length, make_vector_env, single_env
 from emote_jax.trainer import Trainer
 
@@ -130,14 +130,18 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
     ``checkpoint_interval > 0`` a :class:`~emote_jax.checkpoint.Checkpointer` writes
     ``run_dir/checkpoints`` (networks, optimizers, hparams, counters, RNG, collector state, memory);
     ``resume`` restores the newest of them that passes its integrity check (``resume_step``: exactly that
-    one) before training, and prints which to ``out`` (see docs/decisions/0004).
+    one) before training, and prints which to ``out`` (see docs/decisions/0004). ``cfg.shard_envs`` > 1 (a
+    JAX-native env): the state is placed over that many devices, the envs split (:func:`shard_envs`),
+    before a checkpoint is restored into it.
     """
     if is_jax_env_id(cfg.env_id):  # collection and replay inside the compiled step: no env, table or loader here
         callbacks, monitor, net = device_pieces(algo, cfg)
         trainer, parts = _assemble(algo, cfg, callbacks, monitor, net, NoBatches(), None, [], out, resume,
                                    extra_callbacks, resume_step)
+        if cfg.shard_envs > 1:  # callbacks[0] is the DeviceCollector
+            shard_envs(trainer, callbacks[0], env_devices(cfg))
         return Run(cfg, trainer, monitor, None, None, trainer.dataloader, net, **parts)
-    cfg.validate()
+    cfg.validate()  # refuses --shard-envs too: a gymnasium env's envs are on the host
     check_rollout_length(cfg)
     env = make_vector_env(cfg)
     try:
@@ -240,7 +244,9 @@ def train_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
     if out is not None:
         print(f"emote_jax {algo.title} on {cfg.env_id}: {cfg.env_steps} env steps, {cfg.num_envs} env(s), "
-              f"seed {cfg.seed}, devices {jax.devices()}", file=out, flush=True)
+              f"seed {cfg.seed}, devices {jax.devices()}"
+              + (f", the envs split over the first {cfg.shard_envs}" if cfg.shard_envs > 1 else ""),
+              file=out, flush=True)
     try:
         t_train = time.perf_counter()
         ctx = run.trainer.train()

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from emote_jax.envs.jax_env_spec import is_jax_env_id
 from emote_jax.errors import ConfigError
 from emote_jax.logging.names import METRIC_NAMES
 
@@ -38,6 +39,7 @@ class RunConfig:
     env_steps: int = 15_000
     seed: int = 0
     num_envs: int = 1
+    shard_envs: int = 0  # > 1: split the envs and the replay buffer over this many devices (a JAX-native env)
     async_envs: bool = False
     threaded: bool = False
     act_on_host: bool = True  # the collector evaluates the policy with NumPy on a host copy of its params
@@ -98,6 +100,13 @@ class RunConfig:
         """The checks of the shared settings."""
         return [
             ("env_steps", self.env_steps > 0, "> 0"), ("num_envs", self.num_envs >= 1, ">= 1"),
+            ("shard_envs", self.shard_envs >= 0, ">= 0 devices to split the envs over (0 or 1: one device)"),
+            ("shard_envs", self.shard_envs <= 1 or is_jax_env_id(self.env_id),
+             f"0 or 1 with --env {self.env_id}: only a JAX-native env (--env jax:<name>, brax:<name>, gymnax:<id>) "
+             "keeps its envs and replay buffer on the device to split; drop --shard-envs or use a JAX-native env"),
+            ("shard_envs", self.shard_envs <= 1 or self.num_envs % self.shard_envs == 0,
+             f"a divisor of --num-envs ({self.num_envs}): each device steps as many envs; change --num-envs to a "
+             f"multiple of {self.shard_envs} or --shard-envs to a divisor of {self.num_envs}"),
             ("batch_size", self.batch_size >= 1, ">= 1"), ("rollout_length", self.rollout_length >= 1, ">= 1"),
             ("memory_size", self.memory_size >= self.batch_size, f">= batch_size ({self.batch_size})"),
             ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
@@ -215,6 +224,10 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--steps", dest="env_steps", type=int, default=d.env_steps, help="env steps in total")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--shard-envs", type=int, default=d.shard_envs, metavar="D",
+                   help="a JAX-native env: split the --num-envs envs and the replay buffer's env axis over the first "
+                        "D of jax.devices(), in one compiled program (D must divide --num-envs; 0 or 1: one device). "
+                        "A population shards its members with --devices instead")
     p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
     p.add_argument("--threaded", action="store_true", help="collect on a background thread")
     p.add_argument("--ray-actors", type=int, default=d.ray_actors, metavar="N",

@@ -4,8 +4,9 @@
 :func:`~emote_jax.envs.jax_env.is_jax_env_id` accepts: a :class:`~emote_jax.collectors.device.DeviceCollector`
 takes the place of the gymnasium collector, memory, loader and warm-up (its slot holds the envs and the
 replay buffer, so checkpoints hold them too and a resume is exact, episodes included); the algorithm's
-callbacks, the budget, progress, loggers, checkpoints and evaluation are the host path's.
-docs/decisions/0012-device-collection.md records the choices.
+callbacks, the budget, progress, loggers, checkpoints and evaluation are the host path's. With
+``--shard-envs D`` (:func:`env_devices`, :func:`shard_envs`) the envs and the replay buffer's env axis are
+split over D devices. docs/decisions/0012-device-collection.md records the choices.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import gymnasium
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from emote_jax.callback import Callback
-from emote_jax.collectors.device import DeviceCollector, DeviceCollectorMonitor
+from emote_jax.collectors.device import ENV_AXIS, DeviceCollector, DeviceCollectorMonitor
 from emote_jax.envs.jax_env import JaxEnv, make_jax_env
 from emote_jax.errors import ConfigError
 from emote_jax.recipes.config import RunConfig
@@ -34,9 +36,40 @@ def jax_env(cfg: RunConfig) -> JaxEnv:
         raise ConfigError(str(e), "--env-kwargs" if str(e).startswith("--env-kwargs") else "--env") from None
 
 
+def env_devices(cfg: RunConfig) -> list[Any] | None:
+    """The first ``cfg.shard_envs`` of ``jax.devices()``, which ``--shard-envs`` splits the envs over (None:
+    0 or 1, one device); a ConfigError naming ``--shard-envs`` for more devices than this process sees
+    (``cfg.validate`` has refused a gymnasium env and a count that does not divide ``--num-envs``)."""
+    d = cfg.shard_envs
+    if d <= 1:
+        return None
+    found = jax.devices()
+    if d > len(found):
+        hint = (" (XLA_FLAGS=--xla_force_host_platform_device_count=N makes N CPU devices)"
+                if found[0].platform == "cpu" else "")
+        raise ConfigError(f"--shard-envs {d} is not valid: this process sees {len(found)} {found[0].platform} "
+                          f"device(s) (jax.devices()); expected at most {len(found)}{hint}", "--shard-envs")
+    return list(found[:d])
+
+
+def shard_envs(trainer: Any, collector: DeviceCollector, devices: list[Any]) -> Mesh:
+    """Place ``trainer``'s state and key on ``devices`` (a one-axis mesh named :data:`ENV_AXIS`) and return
+    the mesh: the collector's slot split along its env axis (:meth:`DeviceCollector.shardings`), every
+    other array whole on each device. The compiled step is one program over the mesh (no ``pmap``) and
+    keeps this layout from call to call; a checkpoint loader reads into it (whatever layout wrote it)."""
+    mesh = Mesh(np.array(devices), (ENV_AXIS,))
+    whole = NamedSharding(mesh, PartitionSpec())
+    state, key = trainer.ctx.state, trainer.ctx.key
+    layout = {name: collector.shardings(slot, mesh) if name == collector.name else jax.tree.map(lambda _: whole, slot)
+              for name, slot in state.items()}
+    trainer.ctx = trainer.ctx.replace(state=jax.device_put(state, layout), key=jax.device_put(key, whole))
+    return mesh
+
+
 def device_settings(cfg: RunConfig, env: JaxEnv) -> tuple[int, int]:
     """``(vector steps per bp step E, bp steps per vector step M)`` from ``cfg.bp_steps_per_env_step``, after
     refusing the settings the device path does not have (each with the option to change)."""
+    env_devices(cfg)
     refused = [("--threaded", cfg.threaded, "the envs are stepped inside the compiled step"),
                ("--prefetch", cfg.prefetch, "batches are sampled inside the compiled step"),
                ("--async-envs", cfg.async_envs, "the envs are stepped inside the compiled step"),
