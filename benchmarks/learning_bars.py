@@ -10,9 +10,11 @@ variant             config                                                      
 ``sac-hl-gauss``    ``--critic hl-gauss --v-min -1700 --v-max 100``             eval >= -250
 ``sac-dict``        ``--env DictPendulum-v0`` (angle and velocity, two keys)       eval >= -250
 ``sac-dict-shared`` ``sac-dict`` with ``--encoder-dims 64 --shared-encoder``       eval >= -250
+``sac-device``      ``--env jax:Pendulum-v1`` (envs, replay, updates on the device)  eval >= -250
 ``sac-emote``       ``--preset emote`` (the reference's settings)                  eval >= -250
 ``dqn``             ``DQNConfig()``: CartPole-v1, 50k env steps, eval every 2.5k   an eval >= 475 within 50k
 ``dqn-hl-gauss``    ``--algo dqn --critic hl-gauss --v-min 0 --v-max 100``        an eval >= 475 within 50k
+``dqn-device``      ``--algo dqn --env jax:CartPole-v1`` (fully on the device)     an eval >= 475 within 50k
 ==================  ===========================================================  ==============================
 
 Learning does not depend on timing (the collector steps between compiled calls), so a loaded machine
@@ -48,8 +50,10 @@ VARIANTS: dict[str, tuple[str, dict, str, float]] = {
     "sac-dict": ("sac", {"env_id": "DictPendulum-v0"}, "final", -250.0),
     "sac-dict-shared": ("sac", {"env_id": "DictPendulum-v0", "encoder_dims": [64], "shared_encoder": True}, "final", -250.0),
     "sac-emote": ("sac", {"preset": "emote"}, "final", -250.0),
+    "sac-device": ("sac", {"env_id": "jax:Pendulum-v1"}, "final", -250.0),
     "dqn": ("dqn", {"eval_interval": 2_500}, "any", 475.0),
     "dqn-hl-gauss": ("dqn", {"eval_interval": 2_500, "critic": "hl-gauss", "v_min": 0.0, "v_max": 100.0}, "any", 475.0),
+    "dqn-device": ("dqn", {"env_id": "jax:CartPole-v1", "eval_interval": 2_500}, "any", 475.0),
 }
 
 ONE_RUN = """
