@@ -40,3 +40,17 @@ def test_sac_fully_on_the_device_solves_pendulum_in_15k_env_steps(seed, tmp_path
     result = train_sac(cfg, out=None)
     assert 15_000 <= result["env_steps"] < 15_000 + cfg.steps_per_call * cfg.num_envs
     assert result["eval_mean_return"] >= -250.0, result["eval_returns"]
+
+
+@pytest.mark.slow
+def test_a_population_of_8_seeds_has_every_member_at_least_minus_300_at_15k(tmp_path):
+    """``emote-jax train --env jax:Pendulum-v1 --population 8``: seeds 0..7 in one vmapped program, the
+    defaults otherwise; every member's deterministic evaluation >= -300 (issue 12's population bar)."""
+    from emote_jax.population import train_population
+    from emote_jax.recipes.sac import SAC
+
+    cfg = SACConfig(env_id="jax:Pendulum-v1", seed=0, run_dir=str(tmp_path / "pop"))
+    result = train_population(SAC, cfg, 8)
+    evals = [m["eval_mean_return"] for m in result["members"]]
+    assert len(evals) == 8 and all(m["env_steps"] >= 15_000 for m in result["members"])
+    assert min(evals) >= -300.0, evals
