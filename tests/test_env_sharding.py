@@ -10,13 +10,11 @@ what it found; the tests assert on that. The command-line refusals run here (the
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from test_population_sharding import run_on_forced_devices
 
 from emote_jax.cli import main
 
@@ -106,12 +104,7 @@ WHOLE = ["['key']", "['vector_steps']", "['episodes']", "['ring_returns']", "['r
 
 @pytest.fixture(scope="module")
 def found() -> dict:
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return run_on_forced_devices(SCRIPT)
 
 
 def test_the_envs_and_the_replay_buffer_are_split_over_four_devices_and_stay_so(found):

@@ -86,14 +86,20 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def found() -> dict:
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"),
+def run_on_forced_devices(script: str, count: int = 4) -> dict:
+    """Run ``script`` in a fresh process that sees ``count`` forced CPU devices; the JSON of its last
+    ``RESULT {...}`` line."""
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"),
            "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def found() -> dict:
+    return run_on_forced_devices(SCRIPT)
 
 
 def test_the_population_is_sharded_over_four_devices_and_trains_as_on_one(found):
