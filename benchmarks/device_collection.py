@@ -12,7 +12,9 @@ Three ways to run SAC's default networks (256x256, batch 256, one update per env
 Each at K = 1 and K = 32 steps per compiled call. Per repetition, in rotating order (a slow phase of a
 busy machine hits every variant), it times ``--steps`` backprop steps of an already compiled run.
 Reported: the median and range of steps/s per variant, and the ratios device / update_only (target:
->= 0.95, since no host work remains) and device / host, measured in the same run. The load average is
+>= 0.95, since no host work remains) and device / host, measured in the same run: as the ratio of the
+medians and as the median of the per-repetition ratios ("paired": the two variants of a ratio run next to
+each other in every repetition, so a slow phase of the machine moves both). The load average is
 recorded: on a shared machine every number moves with it.
 
     .venv/bin/python benchmarks/device_collection.py [--reps 5] [--steps 2000]
@@ -64,6 +66,11 @@ def _time_run(run: Any, steps: int) -> float:
     return (t.bp_step - start) / (time.perf_counter() - t0)
 
 
+def _paired(a: list[float], b: list[float]) -> float:
+    """The median over repetitions of ``a[r] / b[r]``."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
@@ -105,6 +112,8 @@ def main() -> None:
         "ratios": {f"k{k}": {"device_over_update_only": med[f"device_k{k}"] / med[f"update_only_k{k}"],
                              "device_over_host": med[f"device_k{k}"] / med[f"host_k{k}"],
                              "host_over_update_only": med[f"host_k{k}"] / med[f"update_only_k{k}"]} for k in KS},
+        "paired_ratios": {f"k{k}": {"device_over_update_only": _paired(raw[f"device_k{k}"], raw[f"update_only_k{k}"]),
+                                    "device_over_host": _paired(raw[f"device_k{k}"], raw[f"host_k{k}"])} for k in KS},
         "load": loads, "host": host, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": {"jax": jax.__version__}, "backend": jax.default_backend(),
@@ -115,9 +124,11 @@ def main() -> None:
     out_path.write_text(json.dumps(result, indent=2))
     for k in KS:
         r = result["ratios"][f"k{k}"]
+        pr = result["paired_ratios"][f"k{k}"]
         print(f"K={k}: device {med[f'device_k{k}']:.0f}, host {med[f'host_k{k}']:.0f}, update-only "
-              f"{med[f'update_only_k{k}']:.0f} steps/s; device/update-only {r['device_over_update_only']:.2f}, "
-              f"device/host {r['device_over_host']:.2f}")
+              f"{med[f'update_only_k{k}']:.0f} steps/s; device/update-only {r['device_over_update_only']:.2f} "
+              f"(paired {pr['device_over_update_only']:.2f}), device/host {r['device_over_host']:.2f} "
+              f"(paired {pr['device_over_host']:.2f})")
     print(f"wrote {out_path}")
 
 

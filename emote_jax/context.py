@@ -15,6 +15,8 @@ from flax import struct
 PyTree = Any
 #: The metric-name prefixes of :meth:`Context.log_histogram` and :meth:`Context.log_image` arrays.
 HISTOGRAM_PREFIX, IMAGE_PREFIX = "histogram:", "image:"
+#: The metric-name prefix of :meth:`Context.log_counters` values (read by host hooks, never written by loggers).
+COUNTER_PREFIX = "counter:"
 
 
 @struct.dataclass
@@ -97,6 +99,18 @@ class Context:
             if value.ndim != 3 or value.shape[-1] not in (1, 3, 4):
                 raise ValueError(f"image {name!r} must have shape (H, W, C) with C in (1, 3, 4), got {value.shape}")
             new[IMAGE_PREFIX + name] = value
+        return self.replace(metrics=new)
+
+    def log_counters(self, **counters: Any) -> Context:
+        """A new context with int32 scalar counters (a collector's step and episode counts) that host hooks
+        read from ``ctx.metrics["counter:<name>"]`` (shape ``(K,)``) after the call: they come back in the
+        call's one metrics fetch, so a host hook needs no device read of its own. Loggers do not write them."""
+        new = dict(self.metrics)
+        for name, value in counters.items():
+            value = jnp.asarray(value, jnp.int32)
+            if value.shape != ():
+                raise ValueError(f"counter {name!r} must be a scalar, got shape {value.shape}")
+            new[COUNTER_PREFIX + name] = value
         return self.replace(metrics=new)
 
     def log_dict(self, scalars: dict[str, Any], prefix: str = "") -> Context:

@@ -110,6 +110,7 @@ class Trainer:
     def ctx(self, value: Context) -> None:
         self._ctx = value
         self._host_step = None  # a new state may hold another step (a restored checkpoint)
+        self._warm = False  # and another layout, which the next call may compile for
 
     @property
     def bp_step(self) -> int:
@@ -267,6 +268,7 @@ class Trainer:
                 self._host_hook(cb, "begin_training")
             it = iter(self.dataloader)
             k = self.steps_per_call
+            self._warm = False
             begin_hooks, end_hooks = self._hook_schedule("begin_cycle"), self._hook_schedule("end_cycle")
             while True:
                 if signals.received:  # before sampling, so that a resumed run samples what this one would
@@ -282,12 +284,16 @@ class Trainer:
                     self._run_host_hooks(begin_hooks, "begin_cycle", first, k)
                 # NumPy batches go straight into the compiled call, which moves them in its own dispatch:
                 # an explicit jax.device_put first costs ~0.2 ms per call on the CPU for nothing
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-                    if k == 1:
-                        state, key, metrics = self._compiled_one(self._ctx.state, self._ctx.key, batches)
-                    else:
-                        state, key, metrics = self._compiled(self._ctx.state, self._ctx.key, batches)
+                if self._warm:
+                    state, key, metrics = (self._compiled_one if k == 1 else self._compiled)(
+                        self._ctx.state, self._ctx.key, batches)
+                else:  # may compile: JAX then warns of donated buffers the program cannot reuse (nothing to do)
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+                        compilations = self.num_compilations
+                        state, key, metrics = (self._compiled_one if k == 1 else self._compiled)(
+                            self._ctx.state, self._ctx.key, batches)
+                        self._warm = self.num_compilations == compilations
                 self._ctx = self._ctx.replace(state=state, key=key)
                 self._host_step = first + k  # the compiled step counts exactly k steps
                 self.bp_samples += size * k

@@ -70,6 +70,23 @@ def test_the_batch_comes_from_the_device_buffer(trained):
     assert ctx.metrics["q1/loss"].shape == (5,) and np.isfinite(ctx.metrics["q1/loss"]).all()
 
 
+def test_the_monitor_takes_the_counters_from_the_calls_metrics(trained):
+    run, ctx = trained
+    # the counts after each of the last call's 5 steps, in the call's one metrics fetch
+    assert ctx.metrics["counter:collector/vector_steps"].tolist() == [246, 247, 248, 249, 250]
+    assert ctx.metrics["counter:collector/episodes"].tolist() == [4] * 5
+    monitor = DeviceCollectorMonitor(next(cb for cb in run.trainer.callbacks if isinstance(cb, DeviceCollector)))
+    monitor.begin_training(ctx)  # reads the state: 250 vector steps, 4 episodes
+    assert (monitor.vector_steps, monitor.episodes_completed, len(monitor.episode_returns)) == (250, 4, 4)
+    # after a call, the counts come from the metrics, not from the state (which is not read for them)
+    slot = dict(ctx.state["collector"], vector_steps=jnp.asarray(250, jnp.int32))
+    later = ctx.replace(state={**ctx.state, "collector": slot},
+                        metrics={"counter:collector/vector_steps": np.array([251, 252], np.int32),
+                                 "counter:collector/episodes": np.array([4, 4], np.int32)})
+    monitor.end_cycle(later)
+    assert (monitor.vector_steps, monitor.env_steps, monitor.episodes_completed) == (252, 1008, 4)
+
+
 def test_a_resumed_device_run_equals_the_straight_run_bitwise(tmp_path):
     cfg = SACConfig(**{**SMALL, "memory_size": 2000, "steps_per_call": 4})
     straight = build_run(SAC, cfg, out=None)

@@ -453,3 +453,23 @@ def test_a_video_reaches_the_tensorboard_event_file(tmp_path):
     videos = [(step, v) for step, v in _summary_values(tmp_path / "tb") if v.HasField("image")]
     assert [(step, v.tag, v.image.height, v.image.width) for step, v in videos] == [(3, "eval/episode", 8, 8)]
     assert videos[0][1].image.encoded_image_string[:6] == b"GIF89a"  # an animated GIF of the frames
+
+
+class Counting(Callback):
+    """Logs ``s/value`` and a counter ``c/steps = 2 * bp_step`` every step."""
+
+    def backward(self, ctx):
+        return ctx.log(**{"s/value": ctx.bp_step.astype(jnp.float32)}).log_counters(**{"c/steps": 2 * ctx.bp_step})
+
+
+def test_counters_reach_host_hooks_as_int32_but_no_writer():
+    rec = Recorder()
+    trainer = Trainer([Counting(name="c"), MetricsLogger([rec], log_interval=4, histogram_interval=None)],
+                      StackedLoader(3, 4))
+    ctx = trainer.train()
+    counts = ctx.metrics["counter:c/steps"]
+    assert counts.dtype == np.int32 and counts.tolist() == [18, 20, 22, 24]  # steps 9..12 of the last call
+    assert rec.scalars[4]["s/value"] == 4.0
+    assert not any("steps" in name for row in rec.scalars.values() for name in row)
+    with pytest.raises(ValueError, match="counter 'x' must be a scalar"):
+        ctx.replace(metrics={}).log_counters(x=np.zeros(2))

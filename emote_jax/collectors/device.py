@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from emote_jax.callback import Callback, HostCallback
-from emote_jax.context import Context, PyTree
+from emote_jax.context import COUNTER_PREFIX, Context, PyTree
 from emote_jax.envs.jax_env import JaxEnv
 from emote_jax.memory import device_replay
 
@@ -128,16 +128,20 @@ class DeviceCollector(Callback):
                                          jnp.float32 if self.num_discrete is None else jnp.int32),
         }
 
-    def shardings(self, slot: PyTree, mesh: Mesh) -> PyTree:
-        """``NamedSharding``\\ s for this collector's ``slot`` that split its N envs over ``mesh``'s axis
+    def partition_specs(self, slot: PyTree) -> PyTree:
+        """A ``PartitionSpec`` per leaf of this collector's ``slot`` that splits its N envs over the mesh axis
         :data:`ENV_AXIS`: the leading axis of every leaf of :data:`PER_ENV`, and the env axis of the replay
         buffer's arrays (:func:`~emote_jax.memory.device_replay.partition_specs`). The key, the counters and
-        the episode ring are whole on every device."""
-        whole, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(ENV_AXIS))
-        out = {k: jax.tree.map(lambda _, s=split if k in PER_ENV else whole: s, v) for k, v in slot.items()}
-        out["replay"] = {k: NamedSharding(mesh, spec)
-                         for k, spec in device_replay.partition_specs(slot["replay"], ENV_AXIS).items()}
+        the episode ring are whole (``PartitionSpec()``)."""
+        out = {k: jax.tree.map(lambda _, s=PartitionSpec(ENV_AXIS) if k in PER_ENV else PartitionSpec(): s, v)
+               for k, v in slot.items()}
+        out["replay"] = device_replay.partition_specs(slot["replay"], ENV_AXIS)
         return out
+
+    def shardings(self, slot: PyTree, mesh: Mesh) -> PyTree:
+        """:meth:`partition_specs` as ``NamedSharding``\\ s over ``mesh`` (which has the axis :data:`ENV_AXIS`)."""
+        return jax.tree.map(lambda spec: NamedSharding(mesh, spec), self.partition_specs(slot),
+                            is_leaf=lambda x: isinstance(x, PartitionSpec))
 
     # ---- one vector step ---------------------------------------------------------------------------------
     def vector_step(self, slot: PyTree, params: PyTree, random: bool = False) -> PyTree:
@@ -223,7 +227,16 @@ class DeviceCollector(Callback):
             slot = self.vector_step(slot, params)
         key, k_sample = jax.random.split(jax.random.wrap_key_data(slot["key"]))
         batch = device_replay.sample(slot["replay"], k_sample, self.batch_count, self.rollout_length)
-        return ctx.with_slot(self.name, {**slot, "key": jax.random.key_data(key)}).replace(batch={**(ctx.batch or {}), self.data_group: batch})
+        ctx = ctx.with_slot(self.name, {**slot, "key": jax.random.key_data(key)})
+        # the monitor's counters travel with the call's metrics: no device read of its own per call
+        ctx = ctx.log_counters(**{self.counter_names[0]: slot["vector_steps"], self.counter_names[1]: slot["episodes"]})
+        return ctx.replace(batch={**(ctx.batch or {}), self.data_group: batch})
+
+    @property
+    def counter_names(self) -> tuple[str, str]:
+        """The names (without :data:`~emote_jax.context.COUNTER_PREFIX`) of the vector-step and episode
+        counts this collector logs with :meth:`~emote_jax.context.Context.log_counters` every step."""
+        return f"{self.name}/vector_steps", f"{self.name}/episodes"
 
     state_categories = {"replay": "other", "env_state": "other", "obs": "other", "key": "other", "ep_step": "other",
                         "ep_return": "other", "vector_steps": "other", "episodes": "other",
@@ -256,13 +269,15 @@ class DeviceCollectorMonitor(HostCallback):
         self.episode_lengths: deque[int] = deque(maxlen=episode_history)
         self._seen: Any = None
 
-    def sync(self, state: dict[str, PyTree]) -> None:
-        """Read the counters and the episodes finished since the last read from the slot in ``state``."""
+    def sync(self, state: dict[str, PyTree], counts: tuple[int, int] | None = None) -> None:
+        """Read the counters and the episodes finished since the last read from the slot in ``state``;
+        ``counts`` (vector steps, episodes), when given, are the counters already on the host, and the
+        slot is read only for the episodes that finished."""
         slot = state[self.collector.name]
         if slot["vector_steps"] is self._seen:  # the K host steps of one call share one state
             return
         self._seen = slot["vector_steps"]
-        vector_steps, episodes = int(slot["vector_steps"]), int(slot["episodes"])
+        vector_steps, episodes = counts if counts is not None else (int(slot["vector_steps"]), int(slot["episodes"]))
         new = min(episodes - self.episodes_completed, EPISODE_RING)
         if new > 0:
             at = np.arange(episodes - new, episodes) % EPISODE_RING
@@ -275,4 +290,6 @@ class DeviceCollectorMonitor(HostCallback):
         self.sync(ctx.state)
 
     def end_cycle(self, ctx: Context) -> None:
-        self.sync(ctx.state)
+        steps, episodes = (ctx.metrics.get(COUNTER_PREFIX + n) for n in self.collector.counter_names)
+        counts = None if steps is None or episodes is None else (int(steps[-1]), int(episodes[-1]))
+        self.sync(ctx.state, counts)

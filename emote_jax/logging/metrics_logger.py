@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from emote_jax.callback import HostCallback
-from emote_jax.context import HISTOGRAM_PREFIX, IMAGE_PREFIX, Context
+from emote_jax.context import COUNTER_PREFIX, HISTOGRAM_PREFIX, IMAGE_PREFIX, Context
 from emote_jax.logging.names import METRIC_NAMES, reference_name
 from emote_jax.logging.sources import MetricSource
 from emote_jax.logging.window import Window
@@ -177,7 +177,8 @@ class MetricsLogger(HostCallback):
         if names != self._source_names:  # per-sample (K, B) metrics (Context.log_samples) are not scalars,
             self._source_names = names  # nor are the arrays of log_histogram / log_image
             self._array_names = tuple(k for k in names if k.startswith((HISTOGRAM_PREFIX, IMAGE_PREFIX)))
-            scalar = tuple(k for k, v in metrics.items() if k not in self._array_names and np.ndim(v) != 2)
+            scalar = tuple(k for k, v in metrics.items() if k not in self._array_names and np.ndim(v) != 2
+                           and not k.startswith(COUNTER_PREFIX))  # counters are for host hooks, not logs
             self._scalar_names = None if len(scalar) == len(names) else scalar
         if self._scalar_names is not None:
             metrics = {k: source[k] for k in self._scalar_names}

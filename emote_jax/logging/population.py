@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emote_jax.context import COUNTER_PREFIX
 from emote_jax.logging.writers import MetricWriter
 
 
@@ -34,7 +35,8 @@ class PopulationLogger:
     def scalars(self, pop: Any) -> dict[str, float]:
         """The scalars of the population's last call: per member and min/median/max over members."""
         out: dict[str, float] = {}
-        series = {name: v[:, -1] for name, v in pop.metrics.items() if np.ndim(v) == 2}  # (P,): the call's last step
+        series = {name: v[:, -1] for name, v in pop.metrics.items()  # (P,): the call's last step
+                  if np.ndim(v) == 2 and not name.startswith(COUNTER_PREFIX)}
         pop.sync_monitors()
         series["episode/return"] = np.array([np.mean(list(r.collector.episode_returns)[-10:])
                                              if r.collector.episode_returns else np.nan for r in pop.runs])
