@@ -101,6 +101,7 @@ def _train_parser(sub: argparse._SubParsersAction, algo: Algorithm) -> None:
                         "max_grad_norm (default: the --sweep setting, else lr_q,lr_policy)")
     p.add_argument("--devices", type=int, default=None, metavar="N",
                    help="with --population: shard the members over the first N of jax.devices() (N must divide P; "
+                        "with --shard-envs E, N/E groups of E devices, each member's envs split over its group's E; "
                         "default: the most devices that divide P). May differ on --resume")
     p.add_argument("--resume-step", type=int, default=None, metavar="N",
                    help="with --resume: from exactly the checkpoint of bp step N, or fail (no other is tried; "
@@ -201,10 +202,6 @@ def _train(args: dict[str, Any]) -> int:
     if devices is not None and population == 1:
         raise UsageError(f"--devices {devices} needs --population P > 1 (it shards the members over devices; one "
                          "run splits its envs over devices with --shard-envs D)")
-    if population != 1 and args.get("shard_envs", 0) > 1:
-        raise ConfigError(f"--shard-envs {args['shard_envs']} with --population {population}: a population shards its "
-                          "members over devices, not the envs of each; use --devices for populations and drop "
-                          "--shard-envs", "--shard-envs")
     if (population != 1 or sweep or pbt_interval) and resume:
         raise UsageError("--population with --resume: resume a population with --resume --run-dir DIR alone (its "
                          "size, sweep and PBT settings are in DIR/population-config.json)")

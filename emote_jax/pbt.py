@@ -124,7 +124,7 @@ class PopulationBasedTraining:
                 new[slot] = _scaled(new[slot], homes[(slot, key)], key, scales[:, j])
             return new
 
-        self._exploit = jax.jit(exploit, donate_argnums=0, out_shardings=pop.sharding)  # the members stay put
+        self._exploit = jax.jit(exploit, donate_argnums=0, out_shardings=pop.state_sharding)  # the members stay put
         if self._next is None:  # the first exploit at backprop step `interval` (or the first call past it)
             self._next = self.interval
 

@@ -19,7 +19,8 @@ Several devices: the population axis is sharded over ``jax.devices()`` (a one-ax
 vmapped call with those shardings in and out, no ``pmap``); the members never talk to each other inside
 it, so each device runs its members' steps alone. Population-based training's exploit gathers across
 devices in its own jitted call. ``devices=None`` takes the most devices that divide P (a population of 6
-on 4 devices uses 3; it says so in :attr:`placement`).
+on 4 devices uses 3; it says so in :attr:`placement`). Members built with ``shard_envs`` E > 1 also split
+their envs and replay buffers: a two-axis mesh, groups of E devices (:mod:`emote_jax.population_layout`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from emote_jax.collectors.device import DeviceCollectorMonitor
 from emote_jax.context import PyTree
 from emote_jax.faults import NonFiniteError, first_nonfinite
+from emote_jax.population_layout import POPULATION_AXIS, population_devices, population_mesh, state_shardings
 from emote_jax.trainer import TRAINER_SLOT, Trainer
 
 
@@ -48,30 +50,6 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
 def unstack(tree: PyTree, i: int) -> PyTree:
     """Member ``i`` of a stacked pytree."""
     return jax.tree.map(lambda x: x[i], tree)
-
-
-POPULATION_AXIS = "population"
-
-
-def population_devices(size: int, devices: int | Sequence[Any] | None = None) -> list[Any]:
-    """The devices a population of ``size`` members is sharded over: ``devices`` given as a list is used as
-    it is, as a number ``n`` the first ``n`` of ``jax.devices()``; None: the most of ``jax.devices()`` that
-    divide ``size``. Each device holds ``size / len(devices)`` members, so that number must be whole."""
-    if devices is None:
-        found = jax.devices()
-        n = max(d for d in range(1, len(found) + 1) if size % d == 0)
-        return list(found[:n])
-    if isinstance(devices, int):
-        found = jax.devices()
-        if not 1 <= devices <= len(found):
-            raise ValueError(f"Population: devices={devices}, but this process sees {len(found)} device(s) "
-                             f"({found[0].platform}); expected 1..{len(found)}")
-        devices = found[:devices]
-    devices = list(devices)
-    if not devices or size % len(devices):
-        raise ValueError(f"Population: {size} members cannot be split evenly over {len(devices)} device(s); use a "
-                         f"population that is a multiple of the device count or a device count that divides {size}")
-    return devices
 
 
 class Population:
@@ -101,7 +79,13 @@ class Population:
         if len(ks) != 1:
             raise ValueError(f"Population: expected one steps_per_call for every member, got {sorted(ks)}")
         self.steps_per_call = ks.pop()
-        self.devices = population_devices(len(self.runs), devices)  # before the warm-ups: a bad count fails at once
+        shards = {max(1, getattr(r.config, "shard_envs", 0)) for r in runs}
+        if len(shards) != 1:
+            raise ValueError(f"Population: expected one shard_envs for every member, got {sorted(shards)}")
+        #: E: each member's envs and replay buffer are split over E devices (1: whole on one)
+        self.env_shards = shards.pop()
+        # before the warm-ups: a bad count fails at once
+        self.devices = population_devices(len(self.runs), devices, self.env_shards)
         for r in self.runs:  # each member's begin_training (its warm-up), as in its solo run; no step yet
             r.trainer.train(lambda: True, handle_signals=False)
         states = [r.trainer.ctx.state for r in self.runs]
@@ -112,10 +96,14 @@ class Population:
                     for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(s), strict=True)):
                 raise ValueError(f"Population: member {i}'s state differs in structure, shapes or dtypes from "
                                  "member 0's; members may differ only in values (seeds, hyperparameters)")
-        self.mesh = Mesh(np.array(self.devices), (POPULATION_AXIS,))
-        #: every leaf's leading axis (the members) split over :attr:`devices`; the other axes whole
+        self.mesh = population_mesh(self.devices, self.env_shards)
+        #: the leading axis (the members) split over the mesh's population axis, the other axes whole: the
+        #: keys' and the metrics' layout, and the state's but for a collector whose envs are split
         self.sharding = NamedSharding(self.mesh, PartitionSpec(POPULATION_AXIS))
-        self.state = self.place(stack(states))
+        stacked = stack(states)
+        #: a sharding per leaf of :attr:`state` (:func:`~emote_jax.population_layout.state_shardings`)
+        self.state_sharding = state_shardings(stacked, self.mesh, self.runs[0].collector.collector)
+        self.state = jax.device_put(stacked, self.state_sharding)
         self.key = self.place(jnp.stack([r.trainer.ctx.key for r in self.runs]))
         self.metrics: dict[str, np.ndarray] = {}
         self.num_compilations = 0
@@ -128,20 +116,23 @@ class Population:
             self._layout = t._layouts[index]
             return state, key, arrays
 
-        self._call = jax.jit(jax.vmap(call), donate_argnums=(0, 1), in_shardings=self.sharding,
-                             out_shardings=self.sharding)
+        self._call = jax.jit(jax.vmap(call), donate_argnums=(0, 1), in_shardings=(self.state_sharding, self.sharding),
+                             out_shardings=(self.state_sharding, self.sharding, self.sharding))
 
     def place(self, tree: PyTree) -> PyTree:
-        """``tree`` (leading axis P on every leaf) laid out as the population's state is: sharded over
-        :attr:`devices` along that axis."""
+        """``tree`` (leading axis P on every leaf) split over the mesh's population axis, the other axes whole
+        (the keys' layout; the state's is :attr:`state_sharding`)."""
         return jax.device_put(tree, self.sharding)
 
     @property
     def placement(self) -> str:
-        """Where the members live, in words: ``"4 members on 2 cpu devices (2 per device)"``."""
-        n = len(self.devices)
-        return (f"{self.size} members on {n} {self.devices[0].platform} device{'s' if n > 1 else ''}"
-                f" ({self.size // n} per device)")
+        """Where the members live, in words: ``"4 members on 2 cpu devices (2 per device)"``, and with
+        ``shard_envs`` E > 1 ``"2 members on 2 groups of 2 cpu devices (1 per group, its envs split over 2)"``."""
+        n, e, platform = len(self.devices), self.env_shards, self.devices[0].platform
+        if e > 1:
+            return (f"{self.size} members on {n // e} group{'s' if n > e else ''} of {e} {platform} devices "
+                    f"({self.size * e // n} per group, its envs split over {e})")
+        return f"{self.size} members on {n} {platform} device{'s' if n > 1 else ''} ({self.size // n} per device)"
 
     @property
     def size(self) -> int:
@@ -327,13 +318,15 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     from emote_jax.envs.jax_env import is_jax_env_id  # noqa: PLC0415
     from emote_jax.errors import ConfigError  # noqa: PLC0415
     from emote_jax.recipes.common import build_run, evaluate, save_policy  # noqa: PLC0415
+    from emote_jax.recipes.device import env_devices  # noqa: PLC0415
 
     if not is_jax_env_id(cfg.env_id):
         raise ConfigError(f"--population {size} needs a JAX-native env (--env jax:<name>, brax:<name> or gymnax:<name>): the "
                           f"members collect on the device; got --env {cfg.env_id}", "--population")
     configs = member_configs(cfg, size, sweep)
+    env_devices(cfg)  # --shard-envs E: more devices than this process sees is refused, naming the option
     try:
-        population_devices(size, devices)
+        population_devices(size, devices, max(1, cfg.shard_envs))
     except ValueError as e:
         raise ConfigError(str(e).replace("Population: devices=", "--devices "), "--devices") from None
     pbt = None

@@ -83,7 +83,8 @@ def restore_population(pop: Any, directory: str | Path, step: int | None = None,
     live = _flat(pop.state)
     kd = jax.random.key_data(pop.key)
     # Read into this population's layout (its devices), whatever layout wrote it: N devices load on M.
-    abstract = {"state": {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pop.sharding) for k, x in live.items()},
+    where = _flat(pop.state_sharding)
+    abstract = {"state": {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where[k]) for k, x in live.items()},
                 "key": jax.ShapeDtypeStruct(kd.shape, kd.dtype, sharding=pop.sharding)}
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path / "arrays")

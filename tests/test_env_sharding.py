@@ -149,7 +149,8 @@ def test_settings_that_cannot_work_are_refused_naming_the_option(found):
 def test_the_command_line_refuses_them_before_training(capfd, tmp_path):
     jax_run = ["train", "--env", "jax:Pendulum-v1", "--num-envs", "4", "--run-dir", str(tmp_path / "run")]
     cases = [([*jax_run, "--shard-envs", "3"], "--shard-envs 3 is not valid: expected a divisor of --num-envs (4)"),
-             ([*jax_run, "--population", "2", "--shard-envs", "2"], "use --devices for populations"),
+             ([*jax_run, "--population", "2", "--shard-envs", "2"],
+              "--shard-envs 2 is not valid: this process sees 1 cpu device(s)"),
              (["train", "--env", "Pendulum-v1", "--shard-envs", "2", "--run-dir", str(tmp_path / "run")],
               "--shard-envs 2 is not valid: expected 0 or 1 with --env Pendulum-v1")]
     for argv, expected in cases:

@@ -227,7 +227,7 @@ def add_run_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: Run
     p.add_argument("--shard-envs", type=int, default=d.shard_envs, metavar="D",
                    help="a JAX-native env: split the --num-envs envs and the replay buffer's env axis over the first "
                         "D of jax.devices(), in one compiled program (D must divide --num-envs; 0 or 1: one device). "
-                        "A population shards its members with --devices instead")
+                        "With --population: each member's envs over a group of D devices, the members over the groups")
     p.add_argument("--async-envs", action="store_true", help="gymnasium AsyncVectorEnv instead of Sync")
     p.add_argument("--threaded", action="store_true", help="collect on a background thread")
     p.add_argument("--ray-actors", type=int, default=d.ray_actors, metavar="N",

@@ -1,0 +1,136 @@
+"""A population whose members also split their envs (``--population 2 --shard-envs 2``): on 4 (forced) CPU
+devices, a two-axis mesh of 2 groups of 2 devices, one member per group and each member's 4 envs and replay
+buffer split over its group's 2. It trains as the same population on one device (within rtol = atol =
+1e-6), in one compiled program that keeps the layout (PBT's exploit included); a checkpoint written on the
+2 x 2 mesh resumes on one device and on one group of 2; device counts that do not fit are refused.
+
+As in :mod:`test_population_sharding`, the checks run in a fresh interpreter that sees 4 CPU devices.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from test_population_sharding import run_on_forced_devices
+
+SCRIPT = textwrap.dedent('''
+    import dataclasses, json, tempfile
+    import jax, numpy as np
+    from emote_jax.pbt import PopulationBasedTraining
+    from emote_jax.population import Population
+    from emote_jax.population_checkpoint import restore_population, save_population
+    from emote_jax.population_layout import population_devices
+    from emote_jax.recipes.common import build_run
+    from emote_jax.recipes.sac import SAC, SACConfig
+
+    SMALL = SACConfig(env_id="jax:Pendulum-v1", num_envs=4, hidden_dims=(8, 8), batch_size=32, warmup_steps=64,
+                      memory_size=1000, steps_per_call=4, log_metrics=False, eval_episodes=0,
+                      checkpoint_interval=0, env_steps=10**6)
+
+    def flat(tree):
+        return {jax.tree_util.keystr(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    def population(shard_envs, devices=None):
+        cfgs = [dataclasses.replace(SMALL, seed=s, lr_q=lr, shard_envs=shard_envs) for s, lr in ((0, 3e-4), (1, 1e-3))]
+        return Population([build_run(SAC, c, out=None) for c in cfgs], devices=devices)
+
+    def diff(a, b):  # max over the leaves of |a - b| / (1e-6 + 1e-6 |b|): <= 1 is allclose(rtol=atol=1e-6)
+        if a.keys() != b.keys():
+            return None
+        def one(x, y):
+            x, y = x.astype(np.float64), y.astype(np.float64)
+            return float(np.max(np.abs(x - y) / (1e-6 + 1e-6 * np.abs(y)))) if x.size else 0.0
+        worst = max(a, key=lambda k: one(a[k], b[k]))
+        return [one(a[worst], b[worst]), worst, sum(not np.array_equal(a[k], b[k]) for k in a)]
+
+    def layout(pop):  # {leaf: [PartitionSpec, devices holding it]} of the collector's slot; the other slots' set
+        coll = {jax.tree_util.keystr(p): [str(x.sharding.spec), len(x.sharding.device_set)]
+                for p, x in jax.tree_util.tree_flatten_with_path(pop.state["collector"])[0]}
+        other = sorted({f"{x.sharding.spec} {len(x.sharding.device_set)}" for k, s in pop.state.items()
+                        if k != "collector" for x in jax.tree.leaves(s)})
+        return coll, other
+
+    out = {"device_count": jax.device_count()}
+    grid, one = population(2), population(0, devices=1)
+    out["placement"] = [grid.placement, one.placement]
+    out["mesh"] = [list(grid.mesh.axis_names), list(grid.mesh.devices.shape)]
+    out["layout_before"] = layout(grid)
+    grid.train(20); one.train(20)
+    out["layout_after"] = layout(grid)
+    out["grid_vs_one"] = diff(flat(grid.state), flat(one.state))
+    out["metrics_vs_one"] = diff(grid.metrics, one.metrics)
+    out["compilations"] = [grid.num_compilations, one.num_compilations]
+    grid.sync_monitors()
+    out["env_steps"] = [r.collector.env_steps for r in grid.runs]
+
+    d = tempfile.mkdtemp()
+    save_population(grid, d)  # bp step 20, written from the 2 x 2 mesh
+    grid.train(12)
+    expected = flat(grid.state)
+    for name, again in (("one_device", population(0, devices=1)), ("one_group", population(2, devices=2))):
+        restore_population(again, d)
+        out[f"restored_{name}_layout"] = layout(again)
+        again.train(12)
+        out[f"restored_{name}_vs_continued"] = diff(flat(again.state), expected)
+
+    pbt = PopulationBasedTraining(["q1/learning_rate"], interval=1, seed=0, fitness=lambda p: np.arange(p.size))
+    pbt.after_call(grid)
+    out["pbt_layout"] = layout(grid)
+    grid.train(4)
+    out["compilations_after_pbt"] = grid.num_compilations
+    out["default_devices"] = len(population_devices(2, None, 2))
+    for name, args in (("three", (2, 3, 2)), ("odd_groups", (3, 4, 2)), ("wide", (2, None, 8))):
+        try:
+            population_devices(*args)
+            out[name] = None
+        except ValueError as e:
+            out[name] = str(e)
+    print("RESULT " + json.dumps(out))
+''')
+
+#: The collector slot's leaves split over the envs axis behind the members (the envs' states, observations
+#: and episode counters; the replay buffer's per-transition arrays, whose env axis is their second).
+SPLIT = {"['env_state']": "P('population', 'envs')", "['obs']": "P('population', 'envs')",
+         "['ep_step']": "P('population', 'envs')", "['ep_return']": "P('population', 'envs')",
+         **{f"['replay']['{k}']": "P('population', None, 'envs')" for k in
+            ("obs", "next_obs", "actions", "rewards", "terminated", "truncated", "ep_step")}}
+MEMBERS = "P('population',)"
+
+
+@pytest.fixture(scope="module")
+def found() -> dict:
+    return run_on_forced_devices(SCRIPT)
+
+
+def test_members_split_over_groups_and_envs_within_each_and_train_as_on_one_device(found):
+    assert found["device_count"] == 4
+    assert found["mesh"] == [["population", "envs"], [2, 2]]
+    assert found["placement"] == ["2 members on 2 groups of 2 cpu devices (1 per group, its envs split over 2)",
+                                  "2 members on 1 cpu device (2 per device)"]
+    for when in ("layout_before", "layout_after", "pbt_layout"):
+        coll, other = found[when]
+        assert {k: coll[k] for k in SPLIT} == {k: [v, 4] for k, v in SPLIT.items()}, when
+        assert {tuple(v) for k, v in coll.items() if k not in SPLIT} == {(MEMBERS, 4)}, when  # key, counters, ring
+        assert other == [f"{MEMBERS} 4"], when  # parameters, optimizer states: by member, whole within a group
+    assert found["grid_vs_one"][0] <= 1.0, found["grid_vs_one"]
+    assert found["metrics_vs_one"][0] <= 1.0, found["metrics_vs_one"]
+    assert found["compilations"] == [1, 1] and found["compilations_after_pbt"] == 1
+    assert found["env_steps"] == [4 * (16 + 20)] * 2  # 4 envs: 16 warm-up vector steps, then one per bp step
+
+
+def test_a_checkpoint_of_the_two_axis_mesh_resumes_on_one_device_and_on_one_group(found):
+    coll, other = found["restored_one_device_layout"]
+    assert {tuple(v) for v in coll.values()} == {(MEMBERS, 1)} and other == [f"{MEMBERS} 1"]
+    coll, _ = found["restored_one_group_layout"]
+    assert coll["['obs']"] == ["P('population', 'envs')", 2]
+    assert found["restored_one_device_vs_continued"][0] <= 1.0, found["restored_one_device_vs_continued"]
+    assert found["restored_one_group_vs_continued"][0] <= 1.0, found["restored_one_group_vs_continued"]
+
+
+def test_device_counts_that_do_not_fit_groups_of_the_env_shards_are_refused(found):
+    assert found["default_devices"] == 4
+    assert "3 device(s) cannot be cut into groups of 2" in found["three"]
+    assert "3 members cannot be split evenly over 2 groups of 2 devices" in found["odd_groups"]
+    assert "each member's envs split over 8 devices, but this process sees 4 device(s)" in found["wide"]
