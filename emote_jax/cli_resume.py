@@ -78,7 +78,8 @@ def with_preset(args: dict[str, Any], given: set[str]) -> dict[str, Any]:
 
 
 def resume_population(args: dict[str, Any], given: set[str], resume_step: int | None, devices: int | None) -> int:
-    """``--resume --run-dir DIR`` of a population: its saved settings; ``--steps`` and ``--devices`` may change."""
+    """``--resume --run-dir DIR`` of a population: its saved settings; ``--steps``, ``--devices`` and
+    ``--shard-envs`` may change (a checkpoint loads into any layout)."""
     from emote_jax.population import POPULATION_CHECKPOINTS, train_population  # noqa: PLC0415
     from emote_jax.population_checkpoint import population_checkpoint_steps  # noqa: PLC0415
 
@@ -87,9 +88,10 @@ def resume_population(args: dict[str, Any], given: set[str], resume_step: int | 
     algo = get_algorithm(algo_of(meta["config"]))
     settings = {f.name for f in dataclasses.fields(algo.config_cls)} | {"population", "sweep", "pbt_interval",
                                                                         "pbt_perturb"}
-    other = sorted((given & settings) - {"run_dir", "env_steps", "algo"})
+    other = sorted((given & settings) - {"run_dir", "env_steps", "algo", "shard_envs"})
     if other:
-        raise UsageError(f"--resume of a population keeps its settings; only --steps and --devices may change, got "
+        raise UsageError(f"--resume of a population keeps its settings; only --steps, --devices and --shard-envs may "
+                         "change, got "
                          f"{', '.join('--' + o.replace('_', '-') for o in other)}")
     steps = population_checkpoint_steps(run_dir / POPULATION_CHECKPOINTS)
     if not steps:
@@ -98,7 +100,7 @@ def resume_population(args: dict[str, Any], given: set[str], resume_step: int | 
     if resume_step is not None and resume_step not in steps:
         raise UsageError(f"--resume-step {resume_step}: {run_dir / POPULATION_CHECKPOINTS} has the bp steps {steps}")
     cfg = config_from_json(meta["config"])
-    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), **({"env_steps": args["env_steps"]} if "env_steps" in given else {}))
+    cfg = dataclasses.replace(cfg, run_dir=str(run_dir), **{k: args[k] for k in ("env_steps", "shard_envs") if k in given})
     cfg.validate()
     train_population(algo, cfg, meta["population"], meta["sweep"], out=sys.stdout, pbt_interval=meta["pbt_interval"],
                      pbt_perturb=meta["pbt_perturb"], resume=True, resume_step=resume_step, devices=devices)

@@ -328,7 +328,9 @@ def train_population(algo: Any, cfg: Any, size: int, sweep: str | None = None, o
     try:
         population_devices(size, devices, max(1, cfg.shard_envs))
     except ValueError as e:
-        raise ConfigError(str(e).replace("Population: devices=", "--devices "), "--devices") from None
+        msg = str(e).replace("Population: devices=", "--devices ")
+        raise ConfigError(msg.replace("Population: ", f"--devices {devices}: " if devices is not None else ""),
+                          "--devices") from None
     pbt = None
     if pbt_interval:
         from emote_jax.pbt import PopulationBasedTraining  # noqa: PLC0415

@@ -86,7 +86,7 @@ def test_the_cli_checkpoints_a_population_and_resumes_it_to_a_larger_budget(tmp_
     assert [m["bp_steps"] for m in second["members"]] == [536, 536] and first["members"][0]["bp_steps"] == 336
     assert population_checkpoint_steps(run / "population-checkpoints")[-1] == 536
     assert main(["train", "--resume", "--run-dir", str(run), "--steps", "700", "--gamma", "0.5"]) == 2
-    assert "only --steps and --devices may change, got --gamma" in capfd.readouterr().err
+    assert "only --steps, --devices and --shard-envs may change, got --gamma" in capfd.readouterr().err
 
 
 def test_a_restored_pbt_run_continues_bitwise_with_its_draws_and_history(tmp_path):
