@@ -109,3 +109,17 @@ def test_bad_brax_settings_stop_naming_the_option(change, option, message):
     with pytest.raises(ConfigError, match=message) as e:
         build_run(SAC, dataclasses.replace(SMALL, **change), out=None)
     assert e.value.option == option
+
+
+def test_a_brax_failure_without_env_kwargs_is_not_blamed_on_them(monkeypatch):
+    from brax import envs
+
+    def broken(name, **kwargs):
+        raise TypeError("an internal brax error")
+
+    monkeypatch.setattr(envs, "get_environment", broken)
+    with pytest.raises(RuntimeError, match="brax:inverted_pendulum: brax failed to build the env .TypeError: an "
+                                           "internal brax error"):
+        make_jax_env("brax:inverted_pendulum")
+    with pytest.raises(ValueError, match=r"--env-kwargs \{'x': 1\}: brax's inverted_pendulum refuses them"):
+        make_jax_env("brax:inverted_pendulum", x=1)

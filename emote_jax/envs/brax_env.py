@@ -62,6 +62,8 @@ def brax_env(name: str, **kwargs: Any) -> JaxEnv:
             warnings.filterwarnings("ignore", message="Brax System, piplines and environments are not actively")
             env = envs.get_environment(name, **kwargs)
     except (TypeError, ValueError, KeyError) as e:
+        if not kwargs:  # nothing of the user's to blame: brax itself failed (a version mismatch, say)
+            raise RuntimeError(f"--env {BRAX_PREFIX}{name}: brax failed to build the env ({type(e).__name__}: {e})") from e
         raise ValueError(f"--env-kwargs {kwargs!r}: brax's {name} refuses them ({type(e).__name__}: {e})") from None
     obs_size = env.observation_size
     if not isinstance(obs_size, int):

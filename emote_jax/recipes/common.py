@@ -138,8 +138,8 @@ def build_run(algo: Algorithm, cfg: RunConfig, out: TextIO | None = sys.stdout, 
         callbacks, monitor, net = device_pieces(algo, cfg)
         trainer, parts = _assemble(algo, cfg, callbacks, monitor, net, NoBatches(), None, [], out, resume,
                                    extra_callbacks, resume_step)
-        if cfg.shard_envs > 1:  # callbacks[0] is the DeviceCollector
-            shard_envs(trainer, callbacks[0], env_devices(cfg))
+        if cfg.shard_envs > 1:
+            shard_envs(trainer, monitor.collector, env_devices(cfg))
         return Run(cfg, trainer, monitor, None, None, trainer.dataloader, net, **parts)
     cfg.validate()  # refuses --shard-envs too: a gymnasium env's envs are on the host
     check_rollout_length(cfg)
