@@ -14,11 +14,11 @@ import textwrap
 
 import pytest
 
-from test_population_sharding import run_on_forced_devices
+from test_population_sharding import HELPERS, run_on_forced_devices
 
 from emote_jax.cli import main
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = HELPERS + textwrap.dedent('''
     import dataclasses, json, logging, tempfile
     import jax, numpy as np
     from emote_jax.errors import ConfigError
@@ -38,16 +38,7 @@ SCRIPT = textwrap.dedent('''
     logging.getLogger("jax").propagate = False  # count them, do not print them
     jax.config.update("jax_log_compiles", True)
 
-    def flat(tree):
-        return {jax.tree_util.keystr(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
-    def diff(a, b):  # max over the leaves of |a - b| / (1e-6 + 1e-6 |b|): <= 1 is allclose(rtol=atol=1e-6)
-        def one(x, y):
-            x, y = x.astype(np.float64), y.astype(np.float64)
-            return float(np.max(np.abs(x - y) / (1e-6 + 1e-6 * np.abs(y)))) if x.size else 0.0
-        assert a.keys() == b.keys()
-        worst = max(a, key=lambda k: one(a[k], b[k]))
-        return [one(a[worst], b[worst]), worst, sum(not np.array_equal(a[k], b[k]) for k in a)]
 
     def layout(run):  # {leaf of the collector's slot: [its PartitionSpec, how many devices hold it]}
         slot = run.trainer.ctx.state["collector"]

@@ -13,9 +13,9 @@ import textwrap
 
 import pytest
 
-from test_population_sharding import run_on_forced_devices
+from test_population_sharding import HELPERS, run_on_forced_devices
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = HELPERS + textwrap.dedent('''
     import dataclasses, json, tempfile
     import jax, numpy as np
     from emote_jax.pbt import PopulationBasedTraining
@@ -29,21 +29,11 @@ SCRIPT = textwrap.dedent('''
                       memory_size=1000, steps_per_call=4, log_metrics=False, eval_episodes=0,
                       checkpoint_interval=0, env_steps=10**6)
 
-    def flat(tree):
-        return {jax.tree_util.keystr(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     def population(shard_envs, devices=None):
         cfgs = [dataclasses.replace(SMALL, seed=s, lr_q=lr, shard_envs=shard_envs) for s, lr in ((0, 3e-4), (1, 1e-3))]
         return Population([build_run(SAC, c, out=None) for c in cfgs], devices=devices)
 
-    def diff(a, b):  # max over the leaves of |a - b| / (1e-6 + 1e-6 |b|): <= 1 is allclose(rtol=atol=1e-6)
-        if a.keys() != b.keys():
-            return None
-        def one(x, y):
-            x, y = x.astype(np.float64), y.astype(np.float64)
-            return float(np.max(np.abs(x - y) / (1e-6 + 1e-6 * np.abs(y)))) if x.size else 0.0
-        worst = max(a, key=lambda k: one(a[k], b[k]))
-        return [one(a[worst], b[worst]), worst, sum(not np.array_equal(a[k], b[k]) for k in a)]
 
     def layout(pop):  # {leaf: [PartitionSpec, devices holding it]} of the collector's slot; the other slots' set
         coll = {jax.tree_util.keystr(p): [str(x.sharding.spec), len(x.sharding.device_set)]

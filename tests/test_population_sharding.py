@@ -17,7 +17,26 @@ import textwrap
 
 import pytest
 
-SCRIPT = textwrap.dedent('''
+#: What the forced-device scripts share: ``flat`` (a pytree as ``{path: array}``) and ``diff`` (two of those
+#: compared: ``[worst |a - b| / (1e-6 + 1e-6 |b|) over the leaves, its leaf, how many leaves differ at all]``,
+#: so <= 1 is allclose(rtol=atol=1e-6); None when the leaves differ in name).
+HELPERS = textwrap.dedent('''
+    import jax, numpy as np
+
+    def flat(tree):
+        return {jax.tree_util.keystr(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    def diff(a, b):
+        if a.keys() != b.keys():
+            return None
+        def one(x, y):
+            x, y = x.astype(np.float64), y.astype(np.float64)
+            return float(np.max(np.abs(x - y) / (1e-6 + 1e-6 * np.abs(y)))) if x.size else 0.0
+        worst = max(a, key=lambda k: one(a[k], b[k]))
+        return [one(a[worst], b[worst]), worst, sum(not np.array_equal(a[k], b[k]) for k in a)]
+''')
+
+SCRIPT = HELPERS + textwrap.dedent('''
     import dataclasses, json, sys, tempfile
     import jax, numpy as np
     from emote_jax.pbt import PopulationBasedTraining
@@ -31,20 +50,10 @@ SCRIPT = textwrap.dedent('''
                       checkpoint_interval=0, env_steps=10**6)
     CFGS = [dataclasses.replace(SMALL, seed=s, lr_q=lr) for s, lr in zip(range(4), (3e-4, 1e-3, 3e-4, 1e-3))]
 
-    def flat(tree):
-        return {jax.tree_util.keystr(p): np.array(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
     def population(devices):
         return Population([build_run(SAC, c, out=None) for c in CFGS], devices=devices)
 
-    def diff(a, b):  # max over the leaves of |a - b| / (1e-6 + 1e-6 |b|): <= 1 is allclose(rtol=atol=1e-6)
-        if a.keys() != b.keys():
-            return None
-        def one(x, y):
-            x, y = x.astype(np.float64), y.astype(np.float64)
-            return float(np.max(np.abs(x - y) / (1e-6 + 1e-6 * np.abs(y)))) if x.size else 0.0
-        worst = max(a, key=lambda k: one(a[k], b[k]))
-        return [one(a[worst], b[worst]), worst, sum(not np.array_equal(a[k], b[k]) for k in a)]
 
     out = {"device_count": jax.device_count()}
     four, one = population(4), population(1)
