@@ -2,7 +2,8 @@
 devices, a two-axis mesh of 2 groups of 2 devices, one member per group and each member's 4 envs and replay
 buffer split over its group's 2. It trains as the same population on one device (within rtol = atol =
 1e-6), in one compiled program that keeps the layout (PBT's exploit included); a checkpoint written on the
-2 x 2 mesh resumes on one device and on one group of 2; device counts that do not fit are refused.
+2 x 2 mesh resumes on one device and on one group of 2; device counts that do not fit are refused; and
+``emote-jax train --population 2 --shard-envs 2`` trains, then resumes on one device with ``--shard-envs 0``.
 
 As in :mod:`test_population_sharding`, the checks run in a fresh interpreter that sees 4 CPU devices.
 """
@@ -77,6 +78,21 @@ SCRIPT = HELPERS + textwrap.dedent('''
             out[name] = None
         except ValueError as e:
             out[name] = str(e)
+
+    import contextlib, io, pathlib
+    from emote_jax.cli import main
+    run_dir = pathlib.Path(tempfile.mkdtemp()) / "run"
+    common = ["--env", "jax:Pendulum-v1", "--num-envs", "4", "--warmup-steps", "64", "--batch-size", "32",
+              "--hidden", "8,8", "--steps-per-call", "8", "--eval-episodes", "1", "--run-dir", str(run_dir)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        out["cli_status"] = main(["train", *common, "--population", "2", "--shard-envs", "2", "--steps", "400",
+                                  "--checkpoint-interval", "96"])
+        out["cli_resumed_on_one"] = main(["train", "--resume", "--run-dir", str(run_dir), "--steps", "600",
+                                          "--shard-envs", "0", "--devices", "1"])
+    out["cli_placements"] = [line.split("; ")[-1] for line in printed.getvalue().splitlines() if "population of" in line]
+    result = json.loads((run_dir / "population.json").read_text())
+    out["cli_members"] = [[m["env_steps"], m["eval_mean_return"] is not None] for m in result["members"]]
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -124,3 +140,11 @@ def test_device_counts_that_do_not_fit_groups_of_the_env_shards_are_refused(foun
     assert "3 device(s) cannot be cut into groups of 2" in found["three"]
     assert "3 members cannot be split evenly over 2 groups of 2 devices" in found["odd_groups"]
     assert "each member's envs split over 8 devices, but this process sees 4 device(s)" in found["wide"]
+
+
+def test_the_command_line_trains_and_resumes_such_a_population_on_another_layout(found):
+    assert found["cli_status"] == 0 and found["cli_resumed_on_one"] == 0
+    assert found["cli_placements"] == ["2 members on 2 groups of 2 cpu devices (1 per group, its envs split over 2)",
+                                       "2 members on 1 cpu device (2 per device)"]
+    # whole calls: 64 warm-up env steps, then 32 per call (K = 8, 4 envs), so the first count >= 600 is 608
+    assert found["cli_members"] == [[608, True], [608, True]]
