@@ -65,12 +65,11 @@ def state_shardings(state: PyTree, mesh: Mesh, collector: Any = None) -> PyTree:
     """A ``NamedSharding`` per leaf of the stacked ``state`` (leading axis P): the members split over
     :data:`POPULATION_AXIS`; with a mesh that has :data:`~emote_jax.collectors.device.ENV_AXIS`, the slot of
     ``collector`` (a :class:`~emote_jax.collectors.device.DeviceCollector`) also has its env axes split as
-    its :meth:`partition_specs` say (looked up on one member's slot)."""
+    its :meth:`partition_specs` say (which look at the slot's structure only, so the stacked one serves)."""
     members = NamedSharding(mesh, PartitionSpec(POPULATION_AXIS))
     out = {name: jax.tree.map(lambda _: members, slot) for name, slot in state.items()}
     if ENV_AXIS in mesh.axis_names and collector is not None:
-        member_slot = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state[collector.name])
         out[collector.name] = jax.tree.map(lambda spec: NamedSharding(mesh, PartitionSpec(POPULATION_AXIS, *spec)),
-                                           collector.partition_specs(member_slot),
+                                           collector.partition_specs(state[collector.name]),
                                            is_leaf=lambda x: isinstance(x, PartitionSpec))
     return out

@@ -11,6 +11,7 @@ their hooks return are in :mod:`emote_jax.trainer_checks`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -32,6 +33,15 @@ from emote_jax.faults import NonFiniteError, SignalShutdown, TrainingAborted, fi
 # TRAINER_SLOT, StateMismatchError and _check_same_state are imported from here too (emote_jax, checkpoint)
 from emote_jax.trainer_checks import TRAINER_SLOT, StateMismatchError, _check_same_state, _sorted_callbacks
 from emote_jax.trainer_step import _MetricsLayout, scan_steps
+
+
+@contextlib.contextmanager
+def _quiet_donation() -> Any:
+    """Around a call that may compile: JAX then warns of donated buffers the program cannot reuse (nothing
+    for a user to do). Entered only until a call runs without compiling, not on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        yield
 
 
 class Trainer:
@@ -268,6 +278,7 @@ class Trainer:
                 self._host_hook(cb, "begin_training")
             it = iter(self.dataloader)
             k = self.steps_per_call
+            call = self._compiled_one if k == 1 else self._compiled
             self._warm = False
             begin_hooks, end_hooks = self._hook_schedule("begin_cycle"), self._hook_schedule("end_cycle")
             while True:
@@ -284,16 +295,10 @@ class Trainer:
                     self._run_host_hooks(begin_hooks, "begin_cycle", first, k)
                 # NumPy batches go straight into the compiled call, which moves them in its own dispatch:
                 # an explicit jax.device_put first costs ~0.2 ms per call on the CPU for nothing
-                if self._warm:
-                    state, key, metrics = (self._compiled_one if k == 1 else self._compiled)(
-                        self._ctx.state, self._ctx.key, batches)
-                else:  # may compile: JAX then warns of donated buffers the program cannot reuse (nothing to do)
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-                        compilations = self.num_compilations
-                        state, key, metrics = (self._compiled_one if k == 1 else self._compiled)(
-                            self._ctx.state, self._ctx.key, batches)
-                        self._warm = self.num_compilations == compilations
+                compilations = self.num_compilations
+                with contextlib.nullcontext() if self._warm else _quiet_donation():  # a call that may compile
+                    state, key, metrics = call(self._ctx.state, self._ctx.key, batches)
+                self._warm = self.num_compilations == compilations
                 self._ctx = self._ctx.replace(state=state, key=key)
                 self._host_step = first + k  # the compiled step counts exactly k steps
                 self.bp_samples += size * k
