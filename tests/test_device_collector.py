@@ -191,17 +191,18 @@ def test_device_evaluation_runs_the_episodes_a_host_loop_runs():
     assert device._episodes_fn(env, act) is compiled and compiled._cache_size() == 1 and other != got
 
 
-@pytest.mark.parametrize("num_envs,rollout_length", [(1, 1), (4, 1), (4, 2)])
-def test_the_compiled_step_writes_the_replay_buffer_in_place(num_envs, rollout_length):
+@pytest.mark.parametrize("num_envs,rollout_length,k", [(1, 1, 1), (4, 1, 1), (4, 2, 1), (4, 2, 4)])
+def test_the_compiled_step_writes_the_replay_buffer_in_place(num_envs, rollout_length, k):
     # a copy of a replay array in the step costs a pass over the whole buffer every backprop step (twice the
     # rewards of a million rows was 5% of SAC's step on a CPU): the step must write where it reads
     capacity = 3001  # a size no other array of the state has
     cfg = SACConfig(**{**SMALL, "num_envs": num_envs, "rollout_length": rollout_length, "batch_size": 32,
-                       "memory_size": capacity * num_envs})
+                       "memory_size": capacity * num_envs, "steps_per_call": k})
     t = build_run(SAC, cfg, out=None).trainer
     replay = t.ctx.state["collector"]["replay"]
     assert replay["rewards"].shape == (capacity, num_envs)
-    hlo = t._compiled_one.lower(t.ctx.state, t.ctx.key, {}).compile().as_text()
+    compiled = t._compiled_one if k == 1 else t._compiled  # the call the training loop makes at this K
+    hlo = compiled.lower(t.ctx.state, t.ctx.key, {}).compile().as_text()
     copies = [line.strip()[:120] for line in hlo.splitlines() if " copy(" in line and f"[{capacity}," in line]
     assert copies == []
     assert f"[{capacity},{num_envs}" in hlo  # the buffer is in the program (the pattern can match)
