@@ -11,7 +11,8 @@ Three ways to run SAC's default networks (256x256, batch 256, one update per env
 
 Each at K = 1 and K = 32 steps per compiled call. Per repetition, in rotating order (a slow phase of a
 busy machine hits every variant), it times ``--steps`` backprop steps of an already compiled run.
-Reported: the median and range of steps/s per variant, and the ratios device / update_only (target:
+Reported: the number of copies of a replay array in each device run's compiled call (0: the buffer is
+written in place), the median and range of steps/s per variant, and the ratios device / update_only (target:
 >= 0.95, since no host work remains) and device / host, measured in the same run: as the ratio of the
 medians and as the median of the per-repetition ratios ("paired": the two variants of a ratio run next to
 each other in every repetition, so a slow phase of the machine moves both). The load average is
@@ -66,6 +67,18 @@ def _time_run(run: Any, steps: int) -> float:
     return (t.bp_step - start) / (time.perf_counter() - t0)
 
 
+def _replay_copies(run: Any) -> int:
+    """How many ``copy`` ops of a replay array (``(capacity, num_envs, ...)``) the compiled call of ``run``
+    has: 0 when the store writes the buffer in place (each copy is a pass over the whole buffer per step;
+    on the CPU, tests/test_device_collector.py holds it at 0, and this records it on any backend)."""
+    t = run.trainer
+    rewards = t.ctx.state[run.collector.collector.name]["replay"]["rewards"]
+    compiled = t._compiled_one if t.steps_per_call == 1 else t._compiled  # the call the loop makes
+    hlo = compiled.lower(t.ctx.state, t.ctx.key, {}).compile().as_text()
+    shape = "[{},{}".format(*rewards.shape)
+    return sum(1 for line in hlo.splitlines() if " copy(" in line and shape in line)
+
+
 def _paired(a: list[float], b: list[float]) -> float:
     """The median over repetitions of ``a[r] / b[r]``."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
@@ -82,10 +95,12 @@ def main() -> None:
         f"device_collection-{host}-{time.strftime('%Y%m%d')}.json"
 
     variants: dict[str, Any] = {}
+    replay_copies: dict[str, int] = {}
     for k in KS:
         print(f"building host, device and update-only runs at K={k}", flush=True)
         variants[f"host_k{k}"] = _run("Pendulum-v1", k, seed=0)
         variants[f"device_k{k}"] = _run("jax:Pendulum-v1", k, seed=0)
+        replay_copies[f"device_k{k}"] = _replay_copies(variants[f"device_k{k}"])
         ours_side.update_setup(f"update_only_k{k}", obs_dim=3, n_actions=1, k=k)
         variants[f"update_only_k{k}"] = f"update_only_k{k}"
     names = list(variants)
@@ -114,7 +129,7 @@ def main() -> None:
                              "host_over_update_only": med[f"host_k{k}"] / med[f"update_only_k{k}"]} for k in KS},
         "paired_ratios": {f"k{k}": {"device_over_update_only": _paired(raw[f"device_k{k}"], raw[f"update_only_k{k}"]),
                                     "device_over_host": _paired(raw[f"device_k{k}"], raw[f"host_k{k}"])} for k in KS},
-        "load": loads, "host": host, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "replay_copies_in_step": replay_copies, "load": loads, "host": host, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "versions": {"jax": jax.__version__}, "backend": jax.default_backend(),
         "command": " ".join(sys.argv),
