@@ -107,13 +107,16 @@ def run_on_forced_devices(script: str, count: int = 4) -> dict:
     The forced devices share one thread per device, and XLA:CPU's collectives block their thread while they
     wait for the other participants; now and then (on 2 cores: twice in four runs of a long sequence of these
     tests, never in four runs of a script alone) the programs interleave so that every thread waits and XLA aborts the process after 40 s ("Termination
-    timeout for `all reduce ...`"). That abort, and only that, is retried once, with a warning; any other
-    failure, or the abort twice, fails the test."""
+    timeout for `all reduce ...`"). That abort, and only that, is retried once, with a warning that ends with
+    the script's Python stack at the abort (``PYTHONFAULTHANDLER``: where the host was); any other failure,
+    or the abort twice, fails the test."""
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"),
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 and XLA_RENDEZVOUS_ABORT in proc.stderr:
-        warnings.warn("XLA:CPU aborted a forced-device script at a collective's rendezvous; running it again")
+        at = proc.stderr.rfind("Fatal Python error")
+        warnings.warn("XLA:CPU aborted a forced-device script at a collective's rendezvous; running it again. "
+                      "Its Python stack at the abort:\n" + (proc.stderr[at:] if at >= 0 else proc.stderr)[-3000:])
         proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
