@@ -73,10 +73,8 @@ def _replay_copies(run: Any) -> int:
     on the CPU, tests/test_device_collector.py holds it at 0, and this records it on any backend)."""
     t = run.trainer
     rewards = t.ctx.state[run.collector.collector.name]["replay"]["rewards"]
-    compiled = t._compiled_one if t.steps_per_call == 1 else t._compiled  # the call the loop makes
-    hlo = compiled.lower(t.ctx.state, t.ctx.key, {}).compile().as_text()
     shape = "[{},{}".format(*rewards.shape)
-    return sum(1 for line in hlo.splitlines() if " copy(" in line and shape in line)
+    return sum(1 for line in t.compiled_text().splitlines() if " copy(" in line and shape in line)
 
 
 def _paired(a: list[float], b: list[float]) -> float:

@@ -144,6 +144,19 @@ class Trainer:
         """:meth:`_run_steps` at K = 1 for one batch without the step axis."""
         return self._run_steps(state, key, jax.tree.map(lambda x: x[None], batch))
 
+    @property
+    def _step_call(self) -> Callable[..., tuple[PyTree, jax.Array, dict]]:
+        """The compiled call the training loop makes: at K = 1 the one that takes a batch without the step axis."""
+        return self._compiled_one if self.steps_per_call == 1 else self._compiled
+
+    def compiled_text(self, batches: PyTree = None) -> str:
+        """The optimized program (HLO text) of the call the training loop makes, for the current state and
+        ``batches`` (one call's batches as the loop passes them; ``{}``, the default, for a run whose batch
+        comes from the state, as with a :class:`~emote_jax.collectors.device.DeviceCollector`). For
+        inspection, e.g. of the copies a step makes; compiles without running."""
+        lowered = self._step_call.lower(self.ctx.state, self.ctx.key, {} if batches is None else batches)
+        return lowered.compile().as_text()
+
     def _fetch_metrics(self, packed: dict[int, tuple[jax.Array, ...]], first: int) -> dict[str, np.ndarray]:
         """Bring a call's packed metrics to the host (one buffer per dtype), set :attr:`last_metrics`,
         and raise :class:`NonFiniteError` if a non-finite flag is set."""
@@ -278,7 +291,7 @@ class Trainer:
                 self._host_hook(cb, "begin_training")
             it = iter(self.dataloader)
             k = self.steps_per_call
-            call = self._compiled_one if k == 1 else self._compiled
+            call = self._step_call
             self._warm = False
             begin_hooks, end_hooks = self._hook_schedule("begin_cycle"), self._hook_schedule("end_cycle")
             while True:

@@ -201,8 +201,7 @@ def test_the_compiled_step_writes_the_replay_buffer_in_place(num_envs, rollout_l
     t = build_run(SAC, cfg, out=None).trainer
     replay = t.ctx.state["collector"]["replay"]
     assert replay["rewards"].shape == (capacity, num_envs)
-    compiled = t._compiled_one if k == 1 else t._compiled  # the call the training loop makes at this K
-    hlo = compiled.lower(t.ctx.state, t.ctx.key, {}).compile().as_text()
+    hlo = t.compiled_text()  # the call the training loop makes at this K
     copies = [line.strip()[:120] for line in hlo.splitlines() if " copy(" in line and f"[{capacity}," in line]
     assert copies == []
     assert f"[{capacity},{num_envs}" in hlo  # the buffer is in the program (the pattern can match)

@@ -105,9 +105,9 @@ def run_on_forced_devices(script: str, count: int = 4) -> dict:
     ``RESULT {...}`` line.
 
     The forced devices share one thread per device, and XLA:CPU's collectives block their thread while they
-    wait for the other participants; now and then (on 2 cores: twice in four runs of a long sequence of these
-    tests, never in four runs of a script alone) the programs interleave so that every thread waits and XLA aborts the process after 40 s ("Termination
-    timeout for `all reduce ...`"). That abort, and only that, is retried once, with a warning that ends with
+    wait for the other participants; now and then (on 2 cores: twice in six runs of a long sequence of the
+    device, population and sharding tests, never in five runs of a script alone) the programs interleave so
+    that every thread waits, and XLA aborts the process after 40 s ("Termination timeout for `all reduce`"). That abort, and only that, is retried once, with a warning that ends with
     the script's Python stack at the abort (``PYTHONFAULTHANDLER``: where the host was); any other failure,
     or the abort twice, fails the test."""
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"),
